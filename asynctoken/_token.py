@@ -1,0 +1,132 @@
+"""The :class:`Token` value object."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._secrets import mask
+
+__all__ = ["Token"]
+
+@dataclass(frozen=True, slots=True, kw_only=True, repr=False)
+class Token:
+    """An access token together with what is needed to renew it.
+
+    Instances are immutable and safe to share between tasks. ``repr`` and ``str`` mask the access
+    and refresh tokens.
+
+    Attributes:
+        access_token: the bearer credential sent to the API. Empty for a credential that was only
+            seeded with a refresh token and has never been refreshed.
+        expires_at: unix epoch seconds at which the access token expires, computed from the moment
+            the token request was *sent* (not when the answer arrived).
+        token_type: the scheme, normally ``"Bearer"``.
+        refresh_token: the refresh token to use next, or ``None``.
+        scope: the granted scope, if the server said.
+        extra: every other field of the token response (for ERPeasy: ``company_id``,
+            ``user_id``, ``jti``, …).
+        issued_at: unix epoch seconds at which the token request was sent, or ``None``.
+        provider: the name of the provider that issued it (``"keliweb"``, ``"erpeasy"``,
+            ``"oauth2"``), informational.
+    """
+
+    access_token: str
+    expires_at: float
+    token_type: str = "Bearer"
+    refresh_token: str | None = None
+    scope: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    issued_at: float | None = None
+    provider: str | None = None
+
+    @property
+    def authorization(self) -> str:
+        """The value of an ``Authorization`` header, e.g. ``"Bearer eyJ…"``."""
+        scheme = "Bearer" if self.token_type.lower() == "bearer" else self.token_type
+        return f"{scheme} {self.access_token}"
+
+    @property
+    def lifetime(self) -> float | None:
+        """Seconds between issue and expiry, when the issue time is known."""
+        if self.issued_at is None:
+            return None
+        return self.expires_at - self.issued_at
+
+    def with_refresh_token(self, refresh_token: str | None) -> Token:
+        """Return a copy carrying ``refresh_token``."""
+        return dataclasses.replace(self, refresh_token=refresh_token)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; the inverse of :meth:`from_dict`."""
+        return {
+            "access_token": self.access_token,
+            "token_type": self.token_type,
+            "expires_at": self.expires_at,
+            "refresh_token": self.refresh_token,
+            "scope": self.scope,
+            "extra": dict(self.extra),
+            "issued_at": self.issued_at,
+            "provider": self.provider,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Token:
+        """Build a token from :meth:`to_dict` output.
+
+        Unknown keys are ignored so that older versions read newer records.
+
+        Raises:
+            ValueError: a field is missing or has the wrong type (the message names the field,
+                never its value).
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError("token record is not an object")
+        access_token = data.get("access_token")
+        if not isinstance(access_token, str):
+            raise ValueError("token record: 'access_token' is missing or not a string")
+        expires_at = data.get("expires_at")
+        if (
+            isinstance(expires_at, bool)
+            or not isinstance(expires_at, (int, float))
+            or not math.isfinite(expires_at)
+        ):
+            raise ValueError("token record: 'expires_at' is missing or not a number")
+        token_type = data.get("token_type", "Bearer")
+        if not isinstance(token_type, str):
+            raise ValueError("token record: 'token_type' is not a string")
+        for name in ("refresh_token", "scope", "provider"):
+            value = data.get(name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"token record: {name!r} is not a string")
+        issued_at = data.get("issued_at")
+        if issued_at is not None and (
+            isinstance(issued_at, bool) or not isinstance(issued_at, (int, float))
+        ):
+            raise ValueError("token record: 'issued_at' is not a number")
+        extra = data.get("extra") or {}
+        if not isinstance(extra, Mapping):
+            raise ValueError("token record: 'extra' is not an object")
+        return cls(
+            access_token=access_token,
+            expires_at=float(expires_at),
+            token_type=token_type,
+            refresh_token=data.get("refresh_token"),
+            scope=data.get("scope"),
+            extra=dict(extra),
+            issued_at=None if issued_at is None else float(issued_at),
+            provider=data.get("provider"),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Token(access_token={mask(self.access_token)!r}, token_type={self.token_type!r}, "
+            f"expires_at={self.expires_at!r}, refresh_token={mask(self.refresh_token)!r}, "
+            f"scope={self.scope!r}, extra_keys={sorted(self.extra)!r}, "
+            f"provider={self.provider!r})"
+        )
+
+    __str__ = __repr__

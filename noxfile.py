@@ -1,0 +1,39 @@
+"""Developer sessions: ``nox -s tests``, ``nox -s lint typing``, ``nox -s bench``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the whole test suite, Redis and multi-process tests included."""
+    session.install("-e", ".[redis,test]")
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff: lint and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy --strict over the package and the public-API typing checks."""
+    session.install("-e", ".[redis,test]", "mypy>=1.11", "types-cachetools")
+    session.run("mypy", "--strict")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run every benchmark scenario and print the comparison table."""
+    session.install("-e", ".[redis,bench]")
+    if "--chart" in session.posargs:
+        session.install("-e", ".[chart]")
+    session.run("python", "-m", "benchmarks", *session.posargs)
