@@ -6,7 +6,7 @@ Every exception derives from :class:`TokenError`::
     ├── ConfigurationError (also ValueError)     bad arguments, insecure token URL
     ├── CredentialNotFoundError (also KeyError)  no provider registered / resolvable for a key
     ├── TokenEndpointError                       the token endpoint answered with a final error
-    │   ├── InvalidGrantError                    the refresh token (or password) is dead: re-authorize
+    │   ├── InvalidGrantError                    refresh token or password dead: re-authorize
     │   └── InvalidClientError                   client id / secret rejected
     ├── TransientError                           5xx, 408, 429, temporarily_unavailable, network
     │                                            errors and timeouts, after the retries ran out
@@ -150,7 +150,9 @@ class StoreError(TokenError):
         location: the file path or (password-free) URL of the store.
     """
 
-    def __init__(self, message: str, *, location: str | None = None, key: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, location: str | None = None, key: str | None = None
+    ) -> None:
         super().__init__(message, key=key)
         self.location = location
 

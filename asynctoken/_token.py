@@ -12,6 +12,7 @@ from ._secrets import mask
 
 __all__ = ["Token"]
 
+
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class Token:
     """An access token together with what is needed to renew it.

@@ -1,0 +1,599 @@
+"""The :class:`TokenManager`: cached tokens for many coroutines, one refresh per credential.
+
+Concurrency rules, all in this module:
+
+* **Hot path.** A fresh cached token is returned by a plain dict lookup and one clock read: no
+  lock, no task, no await of anything else.
+* **Single flight.** A refresh is one :class:`asyncio.Task` per credential key, owned by the
+  manager and awaited by every caller through :func:`asyncio.shield`; cancelling any caller, or
+  all of them, never cancels the refresh, so its answer is always parsed, saved and cached.
+* **Across processes.** Inside that task the store's per-key lock is taken and the stored
+  credential re-read before any request, so among all processes sharing a store only one calls
+  the token endpoint per expiry; the others pick up the winner's token.
+* **Rotation.** A new refresh token is written to the store (compare-and-swap on the refresh
+  token the refresh started from) before the new access token reaches anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final
+
+import aiohttp
+import cachetools
+
+from ._cache import Entry, Failure, HotCache
+from ._clock import Clock, SystemClock
+from ._errors import (
+    ConfigurationError,
+    CredentialNotFoundError,
+    InvalidClientError,
+    InvalidGrantError,
+    TokenError,
+    TransientError,
+)
+from ._policy import Margins, RetryPolicy
+from ._secrets import mask
+from ._token import Token
+from .providers._base import Provider
+from .stores._base import TokenStore
+from .stores._memory import MemoryStore
+
+if TYPE_CHECKING:
+    from ._middleware import TokenMiddleware
+
+__all__ = ["ProviderFactory", "TokenManager"]
+
+logger = logging.getLogger("asynctoken")
+
+ProviderFactory = Callable[[str], "Provider | Awaitable[Provider | None] | None"]
+"""Resolves the provider for a key that was not registered with :meth:`TokenManager.add`."""
+
+_FINAL_ERRORS: Final = (InvalidGrantError, InvalidClientError)
+
+
+class TokenManager:
+    """Hands valid access tokens to any number of coroutines; refreshes each credential once.
+
+    Example::
+
+        async with TokenManager(store=FileStore("tokens.json")) as tm:
+            await tm.add("keliweb", KeliwebProvider(client_id=..., client_secret=...),
+                         refresh_token=os.environ["KELIWEB_REFRESH_TOKEN"])
+            token = await tm.get_token("keliweb")
+            headers = {"Authorization": token.authorization}
+
+    Args:
+        store: where credentials live; :class:`MemoryStore` (this process only) by default. Use
+            :class:`FileStore` or :class:`RedisStore` to share credentials between processes. The
+            manager closes it on :meth:`aclose`.
+        session: an :class:`aiohttp.ClientSession` whose connection pool token requests reuse.
+            Token requests never pass through its middlewares or its cookie jar. Without one, the
+            manager owns a session. The manager never closes a session it was given.
+        provider_factory: called with a key that was not registered with :meth:`add`, returns
+            its provider (or an awaitable of it, or ``None`` for unknown keys). Results are cached
+            (bounded by ``cache_size``). This is how a multi-tenant app avoids registering every
+            tenant at start-up.
+        margins: when tokens turn stale and expired; see :class:`Margins`.
+        retry: retries of transient failures; see :class:`RetryPolicy`.
+        cache_size: how many access tokens (and resolved providers) this process keeps in
+            memory. Eviction only costs a store read, never a credential.
+        lock_timeout: seconds to wait for another process's refresh of the same credential.
+        invalid_grant_cooldown: after a final error (``invalid_grant``, ``invalid_client``),
+            calls within this many seconds fail fast with the same error, without a request.
+        background_retry_interval: after a failed background refresh of a still-valid token,
+            seconds before the next background attempt.
+        close_timeout: on :meth:`aclose`, seconds to let in-flight refreshes finish (so rotated
+            refresh tokens get saved) before they are cancelled.
+        clock: time source; inject a fake one in tests.
+
+    Raises:
+        ConfigurationError: an argument is out of range.
+    """
+
+    __slots__ = (
+        "_background_retry",
+        "_cache",
+        "_clock",
+        "_close_timeout",
+        "_closed",
+        "_cooldown",
+        "_factory",
+        "_failures",
+        "_hot",
+        "_inflight",
+        "_lock_timeout",
+        "_margins",
+        "_monotonic",
+        "_providers",
+        "_rejected",
+        "_resolved",
+        "_retry",
+        "_session",
+        "_store",
+        "_token_session",
+        "_wall",
+    )
+
+    def __init__(
+        self,
+        store: TokenStore | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        provider_factory: ProviderFactory | None = None,
+        margins: Margins | None = None,
+        retry: RetryPolicy | None = None,
+        cache_size: int = 10_000,
+        lock_timeout: float = 60.0,
+        invalid_grant_cooldown: float = 30.0,
+        background_retry_interval: float = 10.0,
+        close_timeout: float = 10.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if cache_size < 1:
+            raise ConfigurationError("cache_size must be >= 1")
+        if lock_timeout <= 0 or close_timeout < 0:
+            raise ConfigurationError("lock_timeout must be > 0 and close_timeout >= 0")
+        if invalid_grant_cooldown < 0 or background_retry_interval < 0:
+            raise ConfigurationError("cooldowns must be >= 0")
+        if store is not None and not isinstance(store, TokenStore):
+            raise ConfigurationError(f"store must implement TokenStore, got {type(store).__name__}")
+        self._store: TokenStore = store if store is not None else MemoryStore()
+        self._session = session
+        self._token_session: aiohttp.ClientSession | None = None
+        self._factory = provider_factory
+        self._margins = margins or Margins()
+        self._retry = retry or RetryPolicy()
+        self._lock_timeout = lock_timeout
+        self._cooldown = invalid_grant_cooldown
+        self._background_retry = background_retry_interval
+        self._close_timeout = close_timeout
+        self._clock: Clock = clock or SystemClock()
+        self._monotonic = self._clock.monotonic
+        self._wall = self._clock.time
+        self._hot: dict[str, Entry] = {}
+        self._cache = HotCache(cache_size, self._monotonic, self._hot)
+        self._providers: dict[str, Provider] = {}
+        self._resolved: cachetools.LRUCache[str, Provider] = cachetools.LRUCache(cache_size)
+        self._inflight: dict[str, asyncio.Task[Token]] = {}
+        self._failures: dict[str, Failure] = {}
+        self._rejected: dict[str, str] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------------ public API
+
+    async def get_token(self, key: str) -> Token:
+        """Return a valid access token for ``key``.
+
+        A fresh cached token comes back at once. A stale one also comes back at once, and one
+        background refresh starts. Only a missing or expired token makes the caller wait, for the
+        one refresh shared by every caller of that key.
+
+        Raises:
+            CredentialNotFoundError: no provider for ``key``.
+            InvalidGrantError: the refresh token is dead and no password grant is configured.
+            InvalidClientError: the client credentials were rejected.
+            TokenEndpointError: another final error from the token endpoint.
+            TransientError: the endpoint kept failing until the retry deadline.
+            MalformedResponseError: the endpoint answered with something that is not a token.
+            StoreError: the store failed.
+        """
+        entry = self._hot.get(key)
+        if entry is not None and self._monotonic() < entry.stale_at:
+            return entry.token
+        return await self._get_slow(key, entry)
+
+    async def add(
+        self,
+        key: str,
+        provider: Provider,
+        *,
+        refresh_token: str | None = None,
+        overwrite: bool = False,
+    ) -> bool:
+        """Register ``provider`` for ``key`` and optionally seed a refresh token.
+
+        The seed is stored only if the store holds nothing for ``key``: after a restart the
+        configured seed is older than the rotated refresh token in the store, and using it would
+        fail. Pass ``overwrite=True`` to replace the stored credential (after re-authorizing).
+
+        Args:
+            key: the credential's name.
+            provider: how to reach its token endpoint.
+            refresh_token: an initial refresh token.
+            overwrite: replace whatever the store holds for ``key``.
+
+        Returns:
+            Whether the seed was written to the store.
+
+        Raises:
+            ConfigurationError: ``provider`` is not a provider or ``key`` is empty.
+            StoreError: the store failed.
+        """
+        self._check_open()
+        if not key or not isinstance(key, str):
+            raise ConfigurationError("key must be a non-empty string")
+        if not isinstance(provider, Provider):
+            raise ConfigurationError(
+                f"provider must implement the Provider protocol, got {type(provider).__name__}"
+            )
+        self._providers[key] = provider
+        self._resolved.pop(key, None)
+        if refresh_token is None:
+            return False
+        if not isinstance(refresh_token, str) or not refresh_token:
+            raise ConfigurationError("refresh_token must be a non-empty string")
+        seed = Token(
+            access_token="", expires_at=0.0, refresh_token=refresh_token, provider=provider.name
+        )
+        if overwrite:
+            await self._store.put(key, seed)
+            self._forget(key)
+            logger.info("credential %r seeded (overwrite)", key)
+            return True
+        stored = await self._store.put_if_absent(key, seed)
+        if stored:
+            self._failures.pop(key, None)
+            logger.info("credential %r seeded", key)
+        else:
+            logger.debug("credential %r already in the store; seed ignored", key)
+        return stored
+
+    async def invalidate(self, key: str, token: Token) -> bool:
+        """Drop ``token`` if it is still the current token of ``key``.
+
+        Call this when an API rejected the token (HTTP 401). A newer token that another request
+        already obtained is left alone, so N requests failing with the same token cause one
+        refresh, not N. The next :meth:`get_token` refreshes (or picks up a newer token another
+        process stored).
+
+        Returns:
+            Whether the token was dropped.
+        """
+        entry = self._hot.get(key)
+        if entry is not None and entry.token.access_token != token.access_token:
+            return False
+        if entry is not None:
+            self._cache.pop(key, None)
+        self._rejected[key] = token.access_token
+        logger.info("credential %r: access token %s invalidated", key, mask(token.access_token))
+        return True
+
+    async def refresh(self, key: str) -> Token:
+        """Refresh ``key`` now, whatever the state of its current token, and return the result.
+
+        Joins a refresh already in flight for ``key`` rather than starting a second one.
+        """
+        self._check_open()
+        task = self._inflight.get(key)
+        if task is None:
+            task = self._start(key, force=True, background=False)
+        return await asyncio.shield(task)
+
+    async def remove(self, key: str) -> bool:
+        """Forget ``key`` everywhere: store, cache and registration (e.g. off-boarding a tenant).
+
+        Returns:
+            Whether the store held a credential for ``key``.
+        """
+        self._check_open()
+        task = self._inflight.get(key)
+        if task is not None:
+            await asyncio.wait({task})
+        self._providers.pop(key, None)
+        self._resolved.pop(key, None)
+        self._forget(key)
+        return await self._store.delete(key)
+
+    def middleware(self, key: str, **options: Any) -> TokenMiddleware:
+        """An aiohttp client middleware that authorizes requests with ``key``'s token.
+
+        See :class:`~asynctoken.TokenMiddleware` for the options.
+        """
+        from ._middleware import TokenMiddleware
+
+        return TokenMiddleware(self, key, **options)
+
+    @property
+    def store(self) -> TokenStore:
+        """The store this manager reads and writes."""
+        return self._store
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    async def aclose(self) -> None:
+        """Let in-flight refreshes finish (up to ``close_timeout``), then release everything.
+
+        Refreshes still running after the timeout are cancelled and awaited, so no task is left
+        pending. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        tasks = list(self._inflight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._close_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                logger.warning("closing: cancelled %d unfinished refresh(es)", len(pending))
+                await asyncio.wait(pending)
+        self._cache.clear()
+        try:
+            if self._token_session is not None:
+                await self._token_session.close()
+        finally:
+            await self._store.aclose()
+
+    close = aclose
+
+    async def __aenter__(self) -> TokenManager:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenManager(store={self._store!r}, registered={len(self._providers)}, "
+            f"cached={len(self._hot)}, refreshing={len(self._inflight)}, closed={self._closed})"
+        )
+
+    # ------------------------------------------------------------------ slow path
+
+    async def _get_slow(self, key: str, entry: Entry | None) -> Token:
+        self._check_open()
+        now = self._monotonic()
+        if entry is not None and now < entry.expired_at:
+            # Stale: serve it, refresh in the background once.
+            if key not in self._inflight:
+                failure = self._failures.get(key)
+                if failure is None or now >= failure.until:
+                    self._start(key, force=False, background=True)
+            return entry.token
+        task = self._inflight.get(key)
+        if task is None:
+            failure = self._failures.get(key)
+            if failure is not None and failure.final and now < failure.until:
+                # Fail fast without hammering the server; a copy keeps tracebacks from piling up.
+                error = copy.copy(failure.error)
+                error.__traceback__ = None
+                raise error
+            task = self._start(key, force=False, background=False)
+        return await asyncio.shield(task)
+
+    def _start(self, key: str, *, force: bool, background: bool) -> asyncio.Task[Token]:
+        task = asyncio.get_running_loop().create_task(
+            self._refresh(key, force=force, background=background), name=f"asynctoken-refresh:{key}"
+        )
+        self._inflight[key] = task
+        task.add_done_callback(lambda t: self._finished(key, t, background))
+        return task
+
+    def _finished(self, key: str, task: asyncio.Task[Token], background: bool) -> None:
+        if self._inflight.get(key) is task:
+            del self._inflight[key]
+        if task.cancelled():
+            return
+        error = task.exception()  # also marks it retrieved when every waiter was cancelled
+        if error is None:
+            self._failures.pop(key, None)
+            return
+        now = self._monotonic()
+        if isinstance(error, _FINAL_ERRORS):
+            self._failures[key] = Failure(error, now + self._cooldown, final=True)
+            logger.error("credential %r: refresh failed: %s", key, error)
+        elif isinstance(error, TokenError):
+            self._failures[key] = Failure(error, now + self._background_retry, final=False)
+            if background:
+                logger.warning(
+                    "credential %r: background refresh failed, current token still served: %s",
+                    key,
+                    error,
+                )
+            else:
+                logger.error("credential %r: refresh failed: %s", key, error)
+        else:
+            logger.error("credential %r: refresh crashed", key, exc_info=error)
+
+    async def _refresh(self, key: str, *, force: bool, background: bool) -> Token:
+        try:
+            return await self._refresh_inner(key, force=force, background=background)
+        except TokenError as exc:
+            if exc.key is None:
+                exc.key = key
+            raise
+
+    async def _refresh_inner(self, key: str, *, force: bool, background: bool) -> Token:
+        provider = await self._provider_for(key)
+        store = self._store
+        if not force:
+            # A cold cache or another process may already have a good token: one store read.
+            token = self._usable(key, await store.get(key), need_fresh=background)
+            if token is not None:
+                return token
+        async with store.lock(key, timeout=self._lock_timeout):
+            stored = await store.get(key)
+            if not force:
+                token = self._usable(key, stored, need_fresh=background)
+                if token is not None:
+                    logger.debug("credential %r: picked up a token refreshed elsewhere", key)
+                    return token
+            old_refresh = stored.refresh_token if stored is not None else None
+            token, issued_mono, issued_wall = await self._request(key, provider, old_refresh)
+            if token.refresh_token is None and old_refresh is not None:
+                token = token.with_refresh_token(old_refresh)  # RFC 6749 §6: keep the old one
+            if stored is None:
+                saved = await store.put_if_absent(key, token)
+            else:
+                saved = await store.replace(key, token, expected_refresh_token=old_refresh)
+            if not saved:
+                # Someone replaced the credential while we held the lock (lock lease lost, or a
+                # forced re-seed). Never overwrite it; our token is still valid for this process.
+                logger.error(
+                    "credential %r changed in the store during the refresh; the stored one is "
+                    "kept and this process uses its new token until it expires",
+                    key,
+                )
+        self._rejected.pop(key, None)
+        self._cache[key] = self._entry(token, issued_mono, issued_wall)
+        logger.info(
+            "credential %r refreshed: access token %s, expires in %.0f s, refresh token %s",
+            key,
+            mask(token.access_token),
+            token.expires_at - self._wall(),
+            "rotated" if token.refresh_token != old_refresh else "kept",
+        )
+        return token
+
+    async def _request(
+        self, key: str, provider: Provider, refresh_token: str | None
+    ) -> tuple[Token, float, float]:
+        """One token request with retries; falls back to the primary grant on a dead refresh
+        token when the provider has one."""
+        if refresh_token is None and not provider.can_reauthenticate:
+            raise InvalidGrantError(
+                "no refresh token is stored for this credential and no password grant is "
+                "configured: re-authorize and seed it with add(key, provider, refresh_token=...)",
+                key=key,
+            )
+        try:
+            return await self._request_with_retries(key, provider, refresh_token)
+        except InvalidGrantError:
+            if refresh_token is None or not provider.can_reauthenticate:
+                raise
+            logger.warning(
+                "credential %r: refresh token %s rejected; requesting a new one with the "
+                "configured password grant",
+                key,
+                mask(refresh_token),
+            )
+            return await self._request_with_retries(key, provider, None)
+
+    async def _request_with_retries(
+        self, key: str, provider: Provider, refresh_token: str | None
+    ) -> tuple[Token, float, float]:
+        policy = self._retry
+        session = self._session_for_tokens()
+        started = self._monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            issued_wall = self._wall()
+            issued_mono = self._monotonic()
+            try:
+                token = await provider.fetch_token(
+                    session, refresh_token=refresh_token, issued_at=issued_wall
+                )
+                return token, issued_mono, issued_wall
+            except TransientError as exc:
+                delay = policy.delay(attempt, exc.retry_after)
+                elapsed = self._monotonic() - started
+                if attempt >= policy.attempts or elapsed + delay > policy.deadline:
+                    raise TransientError(
+                        f"token endpoint still failing after {attempt} attempt(s) in "
+                        f"{elapsed:.1f} s: {exc.message}",
+                        status=exc.status,
+                        retry_after=exc.retry_after,
+                        attempts=attempt,
+                        key=key,
+                    ) from exc
+                logger.warning(
+                    "credential %r: %s; retry %d in %.2f s",
+                    key,
+                    exc.message,
+                    attempt,
+                    delay,
+                    extra={"asynctoken_retry_delay": delay},
+                )
+                await asyncio.sleep(delay)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _usable(self, key: str, stored: Token | None, *, need_fresh: bool) -> Token | None:
+        """Cache and return ``stored`` if it is a valid token nobody rejected.
+
+        A background refresh (of a stale token) wants a fresh one; a waiting caller takes any
+        token that is not expired.
+        """
+        if stored is None or not stored.access_token:
+            return None
+        if self._rejected.get(key) == stored.access_token:
+            return None
+        now_wall = self._wall()
+        now_mono = self._monotonic()
+        entry = self._entry(stored, now_mono, now_wall)
+        if now_mono >= (entry.stale_at if need_fresh else entry.expired_at):
+            return None
+        self._cache[key] = entry
+        return stored
+
+    def _entry(self, token: Token, mono: float, wall: float) -> Entry:
+        """Deadlines of ``token`` on the monotonic clock, given a (monotonic, wall) pair."""
+        hard = mono + (token.expires_at - wall)
+        lifetime = token.lifetime
+        if lifetime is None:
+            lifetime = token.expires_at - wall
+        stale, expired = self._margins.offsets(lifetime)
+        return Entry(token, hard - stale, hard - expired)
+
+    async def _provider_for(self, key: str) -> Provider:
+        provider = self._providers.get(key) or self._resolved.get(key)
+        if provider is not None:
+            return provider
+        if self._factory is not None:
+            result = self._factory(key)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                if not isinstance(result, Provider):
+                    raise ConfigurationError(
+                        f"provider_factory returned {type(result).__name__}, not a Provider",
+                        key=key,
+                    )
+                self._resolved[key] = result
+                return result
+        raise CredentialNotFoundError(
+            "no provider registered for this key: call add(key, provider, ...) or pass a "
+            "provider_factory",
+            key=key,
+        )
+
+    def _session_for_tokens(self) -> aiohttp.ClientSession:
+        session = self._token_session
+        if session is None or session.closed:
+            # Own cookie jar and no middlewares, whatever the user's session has: a refresh
+            # token cookie must never land in a shared jar, and a token request must never
+            # pass through the auth middleware that is waiting for it.
+            if self._session is not None:
+                session = aiohttp.ClientSession(
+                    connector=self._session.connector,
+                    connector_owner=False,
+                    cookie_jar=aiohttp.DummyCookieJar(),
+                )
+            else:
+                session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+            self._token_session = session
+        return session
+
+    def _forget(self, key: str) -> None:
+        self._cache.pop(key, None)
+        self._failures.pop(key, None)
+        self._rejected.pop(key, None)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TokenError("the TokenManager is closed")
