@@ -591,8 +591,13 @@ async def test_secrets_never_appear_in_reprs_logs_or_errors(
             texts = [repr(tm), repr(token), str(token), repr(secret_provider), str(info.value)]
     texts += [r.getMessage() for r in caplog.records]
     blob = "\n".join(texts)
-    for secret in (server.client_secret, "pw-very-secret-1", seed, token.access_token,
-                   token.refresh_token):
+    for secret in (
+        server.client_secret,
+        "pw-very-secret-1",
+        seed,
+        token.access_token,
+        token.refresh_token,
+    ):
         assert secret and secret not in blob
 
 
@@ -629,8 +634,9 @@ async def test_user_session_pool_is_used_but_not_its_jar_nor_closed(
         client_id=server.client_id, client_secret=server.client_secret, token_url=server.token_url
     )
     async with aiohttp.ClientSession() as session:
-        session.cookie_jar.update_cookies({"tracking": "abc"}, response_url=aiohttp.client.URL(
-            server.token_url))
+        session.cookie_jar.update_cookies(
+            {"tracking": "abc"}, response_url=aiohttp.client.URL(server.token_url)
+        )
         async with TokenManager(session=session, retry=FAST_RETRY) as tm:
             await tm.add("erp", provider, refresh_token=server.issue_refresh_token())
             await tm.get_token("erp")
@@ -717,4 +723,3 @@ def test_insecure_token_url_is_refused() -> None:
         token_url="http://example.com/token",
         allow_insecure_http=True,
     )
-
