@@ -598,7 +598,8 @@ async def test_secrets_never_appear_in_reprs_logs_or_errors(
         token.access_token,
         token.refresh_token,
     ):
-        assert secret and secret not in blob
+        assert secret
+        assert secret not in blob
 
 
 # --------------------------------------------------------------------------- 9. clock

@@ -8,6 +8,7 @@ so a single duplicate refresh anywhere shows up as ``reuse_detected`` and as fai
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -98,10 +99,10 @@ def assert_one_request_per_expiry(server: FakeOAuthServer, results: list[dict[st
     assert server.reuse_detected == 0
     assert [r.outcome for r in records] == ["ok"] * len(records)
     # Each refresh used the refresh token the previous one issued: one request per generation.
-    for previous, current in zip(records, records[1:]):
+    for previous, current in itertools.pairwise(records):
         assert current.refresh_token == previous.issued_refresh_token
     # Generations are LIFETIME apart at most 60% of it early (the refresh margin), never closer.
-    spacing = [b.loop_time - a.loop_time for a, b in zip(records, records[1:])]
+    spacing = [b.loop_time - a.loop_time for a, b in itertools.pairwise(records)]
     assert min(spacing) > LIFETIME * 0.5, spacing
     assert sum(r["failed"] for r in results) == 0, results
     assert all(r["calls"] > 0 for r in results)
@@ -156,7 +157,8 @@ async def test_kill_9_during_refreshes_loses_nothing(tmp_path: Path) -> None:
             # The file is never half-written.
             json.loads(path.read_text())
             stored = await store.get("shared")
-            assert stored is not None and stored.refresh_token
+            assert stored is not None
+            assert stored.refresh_token
             if server.is_valid_refresh_token(stored.refresh_token):
                 resumed += 1
                 continue
@@ -168,7 +170,7 @@ async def test_kill_9_during_refreshes_loses_nothing(tmp_path: Path) -> None:
             await seed(store, server)
         # A last process resumes normally from what the store holds.
         proc = await spawn("once", str(path), server.token_url, server.api_url)
-        out, err = await proc.communicate()
+        _out, err = await proc.communicate()
         assert proc.returncode == 0, err.decode()[-2000:]
         assert server.reuse_detected == 0
     assert resumed + lost_in_flight == kills
