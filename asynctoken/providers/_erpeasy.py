@@ -1,0 +1,192 @@
+"""ERPeasy (Spring OAuth2): Basic client auth, the refresh token travels in a cookie."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Literal
+
+from .._errors import ConfigurationError, InvalidGrantError
+from .._token import Token
+from ._common import BaseTokenProvider, basic_authorization
+from ._cookies import find_cookie, is_cookie_value_safe
+from ._http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    RawResponse,
+    TokenRequest,
+    check_optional_str,
+    endpoint_host,
+)
+
+__all__ = ["ERPeasyProvider"]
+
+logger = logging.getLogger("asynctoken.providers")
+
+REFRESH_COOKIE = "refresh_token"
+_REFRESH_TOKEN_IN = ("both", "cookie", "body")
+
+
+class ERPeasyProvider(BaseTokenProvider):
+    """The ERPeasy token endpoint (``https://api.erpeasy.compels.net/oauth/token``).
+
+    Client credentials go in ``Authorization: Basic base64(client_id:client_secret)``. The
+    refresh token is sent as a ``Cookie: refresh_token=…`` header built here (and, by default,
+    also as a body field), and the rotated one is read only from the answer's
+    ``Set-Cookie: refresh_token=…`` header, parsed here too: the session's cookie jar is never
+    involved. Every other field of the answer (``user_id``, ``company_id``,
+    ``company_document``, ``company_name``, ``jti``, …) is kept in :attr:`Token.extra`.
+
+    Args:
+        client_id: the client id ERPeasy issued (must not contain ``:``).
+        client_secret: the client secret ERPeasy issued.
+        email: the user's email, for the password grant (optional).
+        password: the user's password, for the password grant (optional).
+        company: the company's CNPJ, for the password grant (optional).
+        token_url: the token endpoint; change it only for tests.
+        refresh_token_in: where the refresh token goes: ``"both"`` (cookie and body field, the
+            default: the vendor's example uses the cookie, its table lists the field),
+            ``"cookie"`` or ``"body"``.
+        allow_insecure_http: accept a plain ``http://`` ``token_url`` to a non-loopback host.
+        timeout: total seconds for the request, body included.
+        max_response_bytes: larger answers are rejected.
+        extra_headers: more request headers (not ``Authorization``, ``Cookie``,
+            ``Content-Type``, …).
+
+    Raises:
+        ConfigurationError: an argument is invalid, or the password grant is only partly
+            configured (``email``, ``password`` and ``company`` go together).
+
+    Example::
+
+        provider = ERPeasyProvider(
+            client_id="my-client", client_secret=os.environ["ERPEASY_SECRET"],
+            email="me@example.com.br", password=os.environ["ERPEASY_PASSWORD"],
+            company="12.345.678/0001-90",
+        )
+    """
+
+    __slots__ = ("company", "email", "refresh_token_in")
+
+    name: str = "erpeasy"
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        email: str | None = None,
+        password: str | None = None,
+        company: str | None = None,
+        token_url: str = "https://api.erpeasy.compels.net/oauth/token",
+        *,
+        refresh_token_in: Literal["both", "cookie", "body"] = "both",
+        allow_insecure_http: bool = False,
+        timeout: float = 10.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(
+            token_url=token_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            allow_insecure_http=allow_insecure_http,
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
+            extra_headers=extra_headers,
+        )
+        if ":" in self.client_id:
+            raise ConfigurationError("erpeasy: client_id must not contain ':' (Basic auth)")
+        if refresh_token_in not in _REFRESH_TOKEN_IN:
+            raise ConfigurationError(
+                f"erpeasy: refresh_token_in must be one of {', '.join(_REFRESH_TOKEN_IN)}"
+            )
+        self.refresh_token_in: Literal["both", "cookie", "body"] = refresh_token_in
+        self.email: str | None = check_optional_str(email, "email")
+        self._password = check_optional_str(password, "password")
+        self.company: str | None = check_optional_str(company, "company")
+        given = [v is not None for v in (self.email, self._password, self.company)]
+        if any(given) and not all(given):
+            raise ConfigurationError(
+                "erpeasy: the password grant needs email, password and company (the CNPJ) "
+                "together; give all three or none"
+            )
+
+    @property
+    def can_reauthenticate(self) -> bool:
+        """True when ``email``, ``password`` and ``company`` are configured (password grant)."""
+        return self._password is not None
+
+    def build_request(self, refresh_token: str | None) -> TokenRequest:
+        """Build the refresh-token request, or the password grant when ``refresh_token`` is None.
+
+        Raises:
+            InvalidGrantError: ``refresh_token`` is ``None`` and no password grant is configured,
+                or ``refresh_token_in="cookie"`` and the token cannot be sent as a cookie.
+        """
+        authorization = basic_authorization(self.client_id, self._client_secret)
+        headers = self._base_headers()
+        headers["Authorization"] = authorization
+        if refresh_token is None:
+            if self.email is None or self._password is None or self.company is None:
+                raise self._no_primary_grant("email/password/company (password grant)")
+            return TokenRequest(
+                url=self.token_url,
+                grant_type="password",
+                headers=headers,
+                form={
+                    "grant_type": "password",
+                    "email": self.email,
+                    "password": self._password,
+                    "company": self.company,
+                },
+                secrets=(self._client_secret, self._password, authorization),
+            )
+        form = {"grant_type": "refresh_token"}
+        if self.refresh_token_in in ("both", "body"):
+            form["refresh_token"] = refresh_token
+        if self.refresh_token_in in ("both", "cookie"):
+            if is_cookie_value_safe(refresh_token):
+                headers["Cookie"] = f"{REFRESH_COOKIE}={refresh_token}"
+            elif self.refresh_token_in == "cookie":
+                raise InvalidGrantError(
+                    "erpeasy: the stored refresh token contains characters a cookie cannot "
+                    "carry; re-authorize, or use refresh_token_in='both'"
+                )
+        return TokenRequest(
+            url=self.token_url,
+            grant_type="refresh_token",
+            headers=headers,
+            form=form,
+            secrets=(self._client_secret, refresh_token, authorization),
+        )
+
+    def parse_response(
+        self, response: RawResponse, *, request: TokenRequest, issued_at: float
+    ) -> Token:
+        """Parse the answer and take the new refresh token from ``Set-Cookie: refresh_token``.
+
+        The cookie wins over a ``refresh_token`` JSON field; a deletion cookie (empty value,
+        ``Max-Age=0``, past ``Expires``) is not a refresh token.
+        """
+        token = super().parse_response(response, request=request, issued_at=issued_at)
+        cookie = find_cookie(response.set_cookies, REFRESH_COOKIE, now=issued_at)
+        if cookie is not None:
+            return token.with_refresh_token(cookie)
+        if token.refresh_token is None and request.grant_type == "refresh_token":
+            # ERPeasy rotates refresh tokens; a missing cookie usually means a proxy dropped it.
+            logger.warning(
+                "erpeasy: token answer from %s carried no refresh_token cookie; "
+                "the previous refresh token is kept",
+                endpoint_host(self.token_url),
+            )
+        return token
+
+    def _repr_fields(self) -> list[str]:
+        fields = [f"refresh_token_in={self.refresh_token_in!r}"]
+        if self.email is None:
+            return [*fields, "password_grant=False"]
+        return [
+            *fields,
+            f"email={self.email!r}",
+            f"company={self.company!r}",
+            "password_grant=True",
+        ]

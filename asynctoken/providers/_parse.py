@@ -1,0 +1,348 @@
+"""Pure parsing of token endpoint answers: from status, headers and bytes to a Token or an error.
+
+Nothing here does I/O, so every branch is unit- and property-tested without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn
+
+from .._errors import (
+    InvalidClientError,
+    InvalidGrantError,
+    MalformedResponseError,
+    TokenEndpointError,
+    TransientError,
+)
+from .._secrets import mask
+from .._token import Token
+from ._headers import get_header, parse_retry_after
+
+__all__ = ["parse_token_response", "sanitize_text"]
+
+MAX_DESCRIPTION_CHARS = 200
+_MAX_ERROR_CODE_CHARS = 64
+_MIN_REDACT_CHARS = 4
+_STANDARD_FIELDS = frozenset({"access_token", "token_type", "expires_in", "refresh_token", "scope"})
+_TRANSIENT_STATUSES = frozenset({408, 429})
+# A run of token-alphabet characters this long is probably a credential echoed by the server
+# (Spring puts the refresh token in "Invalid refresh token (expired): <token>").
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9._~+/=-]{32,}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def sanitize_text(
+    text: str, *, redact: Iterable[str] = (), limit: int = MAX_DESCRIPTION_CHARS
+) -> str:
+    """Make server-supplied text safe for a message: no secrets, no control characters, short.
+
+    Args:
+        text: the text (an ``error_description``, a hint).
+        redact: exact values to remove (the secrets the request carried).
+        limit: the maximum length of the result, an ellipsis included.
+
+    Returns:
+        The text with every ``redact`` value replaced by ``"…"``, every long token-like run masked,
+        control characters turned into spaces, truncated to ``limit`` characters.
+    """
+    secrets = sorted({s for s in redact if len(s) >= _MIN_REDACT_CHARS}, key=len, reverse=True)
+    text = _redact(_CONTROL.sub(" ", text), secrets)
+    text = _TOKEN_LIKE.sub(lambda m: mask(m.group(0)), text).strip()
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    # Again: masking and truncation add "…", which could complete a secret that contains one.
+    return _redact(text, secrets)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    # Secrets shorter than _MIN_REDACT_CHARS are not searched for: replacing every "ab" in a
+    # sentence would garble it while protecting nothing a guesser could not find anyway. Each
+    # replacement shortens the text, so the loop ends.
+    while True:
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, "…")
+                break
+        else:
+            return text
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _load_json(body: bytes) -> Any:
+    """Decode JSON strictly; raise ``ValueError`` for anything that is not valid JSON."""
+    try:
+        text = body.decode("utf-8-sig")
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError as exc:  # absurdly nested arrays
+        raise ValueError("JSON nested too deeply") from exc
+
+
+def _content_type(headers: Mapping[str, str]) -> str:
+    value = get_header(headers, "Content-Type") or ""
+    media_type = value.split(";", 1)[0].strip().lower()
+    return sanitize_text(media_type, limit=60) or "none"
+
+
+def _is_json_type(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
+
+
+class _Context:
+    """What an error message needs to know about the request; bundled to keep signatures short."""
+
+    __slots__ = ("endpoint", "grant_type", "provider", "redact", "status")
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        endpoint: str | None,
+        grant_type: str,
+        status: int,
+        redact: tuple[str, ...],
+    ) -> None:
+        self.provider = provider
+        self.endpoint = endpoint
+        self.grant_type = grant_type
+        self.status = status
+        self.redact = redact
+
+    @property
+    def who(self) -> str:
+        where = f" at {self.endpoint}" if self.endpoint else ""
+        return f"{self.provider} token endpoint{where}"
+
+    def malformed(self, reason: str) -> MalformedResponseError:
+        return MalformedResponseError(
+            f"{self.who} answered HTTP {self.status} without a usable token: {reason}",
+            status=self.status,
+            reason=reason,
+        )
+
+
+def parse_token_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    issued_at: float,
+    provider: str = "oauth2",
+    grant_type: str = "refresh_token",
+    endpoint: str | None = None,
+    default_expires_in: float | None = None,
+    max_response_bytes: int = 1_048_576,
+    redact: Iterable[str] = (),
+) -> Token:
+    """Turn one token endpoint answer into a :class:`Token` or a typed error.
+
+    Args:
+        status: the HTTP status code.
+        headers: the response headers (only ``Content-Type``, ``Retry-After`` and ``Date`` are
+            read; a case-insensitive mapping is best, a plain dict works).
+        body: the response body, at most ``max_response_bytes + 1`` bytes.
+        issued_at: unix time the request was sent; ``expires_at = issued_at + expires_in``.
+        provider: provider name, recorded on the token and used in messages.
+        grant_type: the grant that was used; selects the wording of ``invalid_grant`` errors.
+        endpoint: the endpoint host, for messages.
+        default_expires_in: lifetime to assume when the answer has no ``expires_in``.
+        max_response_bytes: a longer body is a :class:`MalformedResponseError` on success and is
+            ignored on error statuses.
+        redact: secret values the request carried, removed from messages.
+
+    Returns:
+        The token. ``refresh_token`` is ``None`` when the answer carried none.
+
+    Raises:
+        InvalidGrantError: ``invalid_grant`` (any status), Passport's ``invalid_request`` "The
+            refresh token is invalid.", ``invalid_token`` (Spring, expired refresh token) or
+            ``invalid_credentials`` (old Passport, wrong password).
+        InvalidClientError: ``invalid_client`` with 400 or 401, or a 401 whose Basic challenge or
+            Spring ``unauthorized`` code rejects the client credentials.
+        TransientError: 5xx, 408, 429, or ``temporarily_unavailable``; ``retry_after`` is set
+            from ``Retry-After``.
+        TokenEndpointError: any other non-2xx answer (other 4xx, redirects).
+        MalformedResponseError: a 2xx answer that is not a usable token response. (A 2xx
+            answer with an ``error`` code and no ``access_token`` is mapped like a 400.)
+    """
+    ctx = _Context(
+        provider=provider,
+        endpoint=endpoint,
+        grant_type=grant_type,
+        status=status,
+        redact=tuple(s for s in redact if s),
+    )
+    oversized = len(body) > max_response_bytes
+    if not 200 <= status < 300:
+        data: Any = None
+        if not oversized:
+            try:
+                data = _load_json(body)
+            except ValueError:
+                data = None
+        _raise_error(ctx, headers, data if isinstance(data, dict) else None, issued_at)
+    if oversized:
+        raise ctx.malformed(f"response body larger than {max_response_bytes} bytes")
+    content_type = _content_type(headers)
+    try:
+        data = _load_json(body)
+    except ValueError:
+        if _is_json_type(content_type):
+            raise ctx.malformed("invalid JSON") from None
+        raise ctx.malformed(f"not JSON (content type {content_type})") from None
+    if not isinstance(data, dict):
+        raise ctx.malformed("JSON is not an object")
+    if "access_token" not in data and isinstance(data.get("error"), str) and data["error"]:
+        # Some servers (GitHub among them) answer errors with 200: the error code still decides.
+        _raise_error(ctx, headers, data, issued_at)
+    return _build_token(ctx, data, issued_at=issued_at, default_expires_in=default_expires_in)
+
+
+def _optional_str(ctx: _Context, data: Mapping[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ctx.malformed(f"{name} is not a string")
+    return value or None
+
+
+def _expires_in(ctx: _Context, data: Mapping[str, Any], default: float | None) -> float:
+    raw = data.get("expires_in")
+    if raw is None:
+        if default is None:
+            raise ctx.malformed("missing expires_in")
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ctx.malformed("expires_in is not a number")
+    try:
+        value = float(raw)
+    except (ValueError, OverflowError):
+        raise ctx.malformed("expires_in is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise ctx.malformed("expires_in is negative or not finite")
+    return value
+
+
+def _build_token(
+    ctx: _Context, data: dict[str, Any], *, issued_at: float, default_expires_in: float | None
+) -> Token:
+    access_token = data.get("access_token")
+    if access_token is None:
+        raise ctx.malformed("missing access_token")
+    if not isinstance(access_token, str):
+        raise ctx.malformed("access_token is not a string")
+    if not access_token:
+        raise ctx.malformed("empty access_token")
+    # It goes into an Authorization header verbatim: only visible ASCII can travel there safely.
+    if not all("\x21" <= c <= "\x7e" for c in access_token):
+        raise ctx.malformed("access_token contains characters not allowed in an HTTP header")
+    expires_in = _expires_in(ctx, data, default_expires_in)
+    expires_at = issued_at + expires_in
+    if not math.isfinite(expires_at):
+        raise ctx.malformed("expires_in is too large")
+    token_type = _optional_str(ctx, data, "token_type") or "Bearer"
+    refresh_token = _optional_str(ctx, data, "refresh_token")
+    scope = _optional_str(ctx, data, "scope")
+    extra = {k: v for k, v in data.items() if k not in _STANDARD_FIELDS}
+    return Token(
+        access_token=access_token,
+        expires_at=expires_at,
+        token_type=token_type,
+        refresh_token=refresh_token,
+        scope=scope,
+        extra=extra,
+        issued_at=issued_at,
+        provider=ctx.provider,
+    )
+
+
+def _error_fields(ctx: _Context, data: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    if data is None:
+        return None, None
+    raw_error = data.get("error")
+    error = None
+    if isinstance(raw_error, str) and raw_error:
+        error = sanitize_text(raw_error, redact=ctx.redact, limit=_MAX_ERROR_CODE_CHARS)
+    parts = []
+    for key in ("error_description", "message"):
+        value = data.get(key)
+        if isinstance(value, str) and value.strip():
+            parts.append(value)
+            break
+    hint = data.get("hint")
+    if isinstance(hint, str) and hint.strip():
+        parts.append(f"(hint: {hint})")
+    description = sanitize_text(" ".join(parts), redact=ctx.redact) if parts else None
+    return error or None, description or None
+
+
+def _is_refresh_token_rejection(error: str | None, description: str | None) -> bool:
+    # league/oauth2-server < 8.3 (Laravel Passport): 401 invalid_request "The refresh token is
+    # invalid." with a hint such as "Token has been revoked" or "Token has expired".
+    return error == "invalid_request" and "refresh token is invalid" in (description or "").lower()
+
+
+def _raise_error(
+    ctx: _Context, headers: Mapping[str, str], data: dict[str, Any] | None, issued_at: float
+) -> NoReturn:
+    status = ctx.status
+    error, description = _error_fields(ctx, data)
+    summary = f"HTTP {status}" + (f" {error}" if error else "")
+    if description:
+        summary += f": {description}"
+    elif data is None and not 300 <= status < 400:
+        summary += f" (content type {_content_type(headers)})"
+    attrs: dict[str, Any] = {"status": status, "error": error, "description": description}
+    if 200 <= status < 300:
+        status = 400  # an error body with a success status: judge it as the 400 it should be
+
+    if error in ("invalid_grant", "invalid_credentials") or (
+        status in (400, 401)
+        and (error == "invalid_token" or _is_refresh_token_rejection(error, description))
+    ):
+        raise InvalidGrantError(f"{ctx.who} answered {summary}; {_grant_advice(ctx)}", **attrs)
+    if error == "temporarily_unavailable" or status >= 500 or status in _TRANSIENT_STATUSES:
+        raise TransientError(
+            f"{ctx.who} answered {summary} (temporary)",
+            status=ctx.status,
+            retry_after=parse_retry_after(headers, now=issued_at),
+        )
+    if status in (400, 401) and (
+        error in ("invalid_client", "unauthorized")
+        or (status == 401 and error is None and _basic_challenge(headers))
+    ):
+        raise InvalidClientError(
+            f"{ctx.who} answered {summary}; the client id or client secret was rejected", **attrs
+        )
+    if 300 <= status < 400:
+        raise TokenEndpointError(
+            f"{ctx.who} answered {summary}, a redirect (not followed: token requests carry "
+            "credentials); check token_url",
+            **attrs,
+        )
+    raise TokenEndpointError(f"{ctx.who} answered {summary}", **attrs)
+
+
+def _basic_challenge(headers: Mapping[str, str]) -> bool:
+    challenge = get_header(headers, "WWW-Authenticate") or ""
+    return challenge.strip().lower().startswith("basic")
+
+
+def _grant_advice(ctx: _Context) -> str:
+    if ctx.grant_type == "password":
+        if ctx.provider == "erpeasy":
+            return "the email/password/company was rejected: check them"
+        return "the username/password was rejected: check them"
+    if ctx.grant_type == "refresh_token":
+        return (
+            "the refresh token is expired, revoked or already used: re-authorize "
+            "(seed a new refresh token or configure the password grant)"
+        )
+    return "the grant was rejected: check the client registration"
