@@ -1,0 +1,65 @@
+"""Never run: type-checked by ``nox -s typing`` to keep the public API usable as users write it."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from asynctoken import (
+    ERPeasyProvider,
+    FileStore,
+    InvalidGrantError,
+    KeliwebProvider,
+    Margins,
+    MemoryStore,
+    OAuth2Provider,
+    Provider,
+    RedisStore,
+    RetryPolicy,
+    Token,
+    TokenError,
+    TokenManager,
+    TokenStore,
+)
+
+
+async def keliweb_app() -> str:
+    keliweb = KeliwebProvider(client_id="id", client_secret="secret")
+    async with TokenManager(store=MemoryStore()) as tm:
+        await tm.add("keliweb", keliweb, refresh_token="def502")
+        token: Token = await tm.get_token("keliweb")
+        expires_at: float = token.expires_at
+        refresh: str | None = token.refresh_token
+        assert expires_at and refresh is not None
+        await tm.invalidate("keliweb", token)
+        return token.authorization
+
+
+async def erpeasy_with_middleware() -> int:
+    erpeasy = ERPeasyProvider(
+        client_id="id", client_secret="secret", email="a@b.c", password="pw", company="1"
+    )
+    store: TokenStore = FileStore("tokens.json")
+    async with TokenManager(store=store, margins=Margins(refresh=120), retry=RetryPolicy()) as tm:
+        await tm.add("erp", erpeasy)
+        async with aiohttp.ClientSession(middlewares=[tm.middleware("erp")]) as session:
+            async with session.get("https://api.example.com/") as resp:
+                return resp.status
+
+
+async def many_tenants(url: str) -> None:
+    def provider_for(key: str) -> Provider | None:
+        return OAuth2Provider(
+            token_url="https://auth.example.com/token",
+            client_id=key,
+            client_secret="secret",
+            auth_method="client_secret_basic",
+            grant_type="client_credentials",
+        )
+
+    async with TokenManager(store=RedisStore(url), provider_factory=provider_for) as tm:
+        try:
+            await tm.get_token("tenant-1")
+        except InvalidGrantError as exc:
+            print(exc.status, exc.error)
+        except TokenError as exc:
+            print(exc.key)
