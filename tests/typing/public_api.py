@@ -29,7 +29,8 @@ async def keliweb_app() -> str:
         token: Token = await tm.get_token("keliweb")
         expires_at: float = token.expires_at
         refresh: str | None = token.refresh_token
-        assert expires_at and refresh is not None
+        assert expires_at
+        assert refresh is not None
         await tm.invalidate("keliweb", token)
         return token.authorization
 
@@ -41,9 +42,11 @@ async def erpeasy_with_middleware() -> int:
     store: TokenStore = FileStore("tokens.json")
     async with TokenManager(store=store, margins=Margins(refresh=120), retry=RetryPolicy()) as tm:
         await tm.add("erp", erpeasy)
-        async with aiohttp.ClientSession(middlewares=[tm.middleware("erp")]) as session:
-            async with session.get("https://api.example.com/") as resp:
-                return resp.status
+        async with (
+            aiohttp.ClientSession(middlewares=[tm.middleware("erp")]) as session,
+            session.get("https://api.example.com/") as resp,
+        ):
+            return resp.status
 
 
 async def many_tenants(url: str) -> None:
