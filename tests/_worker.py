@@ -56,6 +56,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             while True:
                 await tm.refresh("shared")
                 stats["calls"] += 1
+                await asyncio.sleep(args.pause)
         connector = aiohttp.TCPConnector(limit=20)
         async with aiohttp.ClientSession(
             connector=connector, middlewares=[tm.middleware("shared")]

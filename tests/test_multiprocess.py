@@ -147,7 +147,9 @@ async def test_kill_9_during_refreshes_loses_nothing(tmp_path: Path) -> None:
         store = FileStore(path)
         await seed(store, server)
         for _ in range(kills):
-            proc = await spawn("refresh-loop", str(path), server.token_url, server.api_url)
+            proc = await spawn(
+                "refresh-loop", str(path), server.token_url, server.api_url, "--pause", "0.01"
+            )
             before = server.token_requests
             # Let it make a few refreshes, then kill it at a random moment.
             await server.wait_for_token_requests(before + rng.randint(1, 4), timeout=30)
