@@ -1,6 +1,19 @@
-"""asynctoken: OAuth2 access tokens for asyncio apps, refreshed once per credential."""
+"""asynctoken: OAuth2 access tokens for asyncio apps, refreshed once per credential.
+
+Example::
+
+    from asynctoken import KeliwebProvider, TokenManager
+
+    async with TokenManager() as tm:
+        await tm.add("keliweb", KeliwebProvider(client_id="…", client_secret="…"),
+                     refresh_token="def502…")
+        token = await tm.get_token("keliweb")
+        headers = {"Authorization": token.authorization}
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ._clock import Clock, SystemClock
 from ._errors import (
@@ -15,22 +28,56 @@ from ._errors import (
     TokenError,
     TransientError,
 )
+from ._manager import ProviderFactory, TokenManager
+from ._middleware import TokenMiddleware
+from ._policy import Margins, RetryPolicy
 from ._token import Token
+from .providers import ERPeasyProvider, KeliwebProvider, OAuth2Provider, Provider
+from .stores import FileStore, MemoryStore, TokenStore
+
+if TYPE_CHECKING:
+    from .stores import RedisStore
 
 __all__ = [
     "Clock",
     "ConfigurationError",
     "CredentialNotFoundError",
+    "ERPeasyProvider",
+    "FileStore",
     "InvalidClientError",
     "InvalidGrantError",
+    "KeliwebProvider",
     "MalformedResponseError",
+    "Margins",
+    "MemoryStore",
+    "OAuth2Provider",
+    "Provider",
+    "ProviderFactory",
+    "RedisStore",
+    "RetryPolicy",
     "StoreError",
     "StoreLockTimeoutError",
     "SystemClock",
     "Token",
     "TokenEndpointError",
     "TokenError",
+    "TokenManager",
+    "TokenMiddleware",
+    "TokenStore",
     "TransientError",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # RedisStore needs the optional ``redis`` extra: imported on first use only.
+    if name == "RedisStore":
+        from .stores import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"RedisStore"})

@@ -1,0 +1,258 @@
+"""The aiohttp client middleware: :class:`TokenMiddleware`.
+
+One awaited :meth:`TokenManager.get_token` and one header per request; a rejected token (HTTP 401)
+is invalidated and the request retried once with the next token. The refresh itself is the
+manager's single flight, so any number of requests rejected together cause one token request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Final
+
+import aiohttp
+from aiohttp import hdrs, payload
+from yarl import URL
+
+from ._errors import ConfigurationError
+from ._secrets import mask
+from ._token import Token
+
+if TYPE_CHECKING:
+    from aiohttp.client_middlewares import ClientHandlerType
+
+    from ._manager import TokenManager
+
+__all__ = ["TokenMiddleware"]
+
+logger = logging.getLogger("asynctoken")
+
+_Origin = tuple[str, str | None, int | None]
+
+# ``error="invalid_token"`` or ``error=invalid_token`` inside a challenge (RFC 6750 §3). The
+# leading separator keeps ``error_description=`` and ``error_uri=`` from matching.
+_ERROR_PARAM: Final = re.compile(r'(?:^|[\s,])error\s*=\s*(?:"([^"]*)"|([^\s,]+))', re.IGNORECASE)
+_BEARER: Final = re.compile(r"(?:^|,)\s*bearer(?:\s|,|$)", re.IGNORECASE)
+# Reading a small 401 body lets its connection go back to the pool instead of being closed.
+_DRAIN_LIMIT: Final = 64 * 1024
+
+
+class TokenMiddleware:
+    """aiohttp client middleware that sends ``key``'s access token and renews it on HTTP 401.
+
+    Create it with :meth:`TokenManager.middleware` and install it on a session (aiohttp >= 3.12)::
+
+        import asyncio
+        import os
+
+        import aiohttp
+        from asynctoken import FileStore, KeliwebProvider, TokenManager
+
+
+        async def main() -> None:
+            provider = KeliwebProvider(
+                client_id=os.environ["KELIWEB_CLIENT_ID"],
+                client_secret=os.environ["KELIWEB_CLIENT_SECRET"],
+            )
+            async with TokenManager(store=FileStore("tokens.json")) as tm:
+                await tm.add("keliweb", provider, refresh_token=os.environ["KELIWEB_REFRESH_TOKEN"])
+                async with aiohttp.ClientSession(
+                    "https://fatture.keliweb.it", middlewares=[tm.middleware("keliweb")]
+                ) as session:
+                    async with session.get("/api/invoices") as resp:
+                        print(resp.status, await resp.json())
+
+
+        asyncio.run(main())
+
+    For every request it awaits :meth:`TokenManager.get_token` (a dict lookup while the cached
+    token is fresh) and sets ``Authorization``. When the response is a 401 that a new token can
+    fix, it releases that response, calls :meth:`TokenManager.invalidate` with exactly the token
+    this request sent (a newer token obtained meanwhile by another request is kept), gets a token
+    again (many requests rejected at once share one refresh) and sends the request once more.
+    It never retries twice: a 401 to the retried request is returned to the caller as is.
+
+    Which 401s are retried:
+
+    * ``WWW-Authenticate: Bearer error="invalid_token"``: always (RFC 6750).
+    * A 401 with a Bearer challenge naming another error (e.g. ``insufficient_scope``): never; a
+      new token would be rejected the same way.
+    * A 401 with no Bearer error at all (many APIs, Laravel's ``{"message":"Unauthenticated."}``
+      among them, send no challenge): retried unless ``require_invalid_token=True``.
+
+    A 401 is returned without a retry, and a warning logged, when the request body cannot be
+    sent twice: an async generator, a stream or an unseekable file that the first attempt
+    consumed (aiohttp marks such payloads ``consumed``). The rejected token is still invalidated,
+    so the caller's own retry gets a new one. Bytes, strings, JSON, forms and seekable files are
+    replayed; to have uploads retried, pass them as bytes or a seekable file.
+
+    The token is only sent to ``origins``; by default to the origin (scheme, host, port) of the
+    first request the middleware sees, as aiohttp's ``DigestAuthMiddleware`` does. Requests to
+    any other origin, including redirects to one, pass through untouched, so a redirect cannot
+    carry the token to another host. Pass ``origins`` explicitly when one session talks to
+    several hosts of the same API.
+
+    Token requests made by the manager never pass through this middleware, even when the manager
+    was given the session the middleware is installed on: the manager sends them on its own
+    session without middlewares.
+
+    Args:
+        manager: the manager that owns the credential.
+        key: the credential's key in the manager.
+        origins: URLs (only scheme, host and port count) the token may be sent to; ``None`` pins
+            it to the first request's origin.
+        require_invalid_token: retry only 401s that carry ``Bearer error="invalid_token"``.
+
+    Raises:
+        ConfigurationError: ``key`` is empty or an origin is not an absolute URL.
+    """
+
+    __slots__ = ("_header", "_key", "_manager", "_origins", "_require_invalid_token", "_sent")
+
+    def __init__(
+        self,
+        manager: TokenManager,
+        key: str,
+        *,
+        origins: Iterable[str | URL] | None = None,
+        require_invalid_token: bool = False,
+    ) -> None:
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError("key must be a non-empty string")
+        if isinstance(origins, (str, URL)):
+            raise ConfigurationError("origins must be an iterable of URLs, not a single URL")
+        self._manager = manager
+        self._key = key
+        self._require_invalid_token = bool(require_invalid_token)
+        self._origins: frozenset[_Origin] | None = None
+        if origins is not None:
+            parsed = frozenset(_parse_origin(origin) for origin in origins)
+            if not parsed:
+                raise ConfigurationError("origins must not be empty; pass None for the default")
+            self._origins = parsed
+        # The last token sent and its header value, so a cached token costs no string building.
+        self._sent: Token | None = None
+        self._header = ""
+
+    async def __call__(
+        self, request: aiohttp.ClientRequest, handler: ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        """Authorize ``request``, send it, and retry it once if the token was rejected.
+
+        Raises:
+            TokenError: no token could be had for the key (the manager's errors, e.g.
+                :class:`~asynctoken.InvalidGrantError`), before or after a 401.
+        """
+        url = request.url
+        origin = (url.scheme, url.raw_host, url.port)
+        origins = self._origins
+        if origins is None:
+            self._origins = frozenset((origin,))
+            logger.info(
+                "credential %r: the middleware sends its token to %s://%s:%s only (the first "
+                "request's origin); pass origins=[...] to allow others",
+                self._key,
+                *origin,
+            )
+        elif origin not in origins:
+            return await handler(request)
+
+        token = await self._manager.get_token(self._key)
+        if token is not self._sent:
+            self._sent, self._header = token, token.authorization
+        request.headers[hdrs.AUTHORIZATION] = self._header
+        response = await handler(request)
+        if response.status != 401:
+            return response
+        return await self._retry(request, handler, response, token)
+
+    async def _retry(
+        self,
+        request: aiohttp.ClientRequest,
+        handler: ClientHandlerType,
+        response: aiohttp.ClientResponse,
+        token: Token,
+    ) -> aiohttp.ClientResponse:
+        """The 401 path: invalidate the token this request sent and send it once more."""
+        if not self._token_rejected(response):
+            return response
+        if _replayable(request.body):
+            await _discard(response)
+            if _replayable(request.body):
+                await self._manager.invalidate(self._key, token)
+                logger.debug(
+                    "credential %r: access token %s rejected with 401; retrying once",
+                    self._key,
+                    mask(token.access_token),
+                )
+                token = await self._manager.get_token(self._key)
+                request.headers[hdrs.AUTHORIZATION] = token.authorization
+                return await handler(request)
+            # The body writer got further while the 401 was being drained. The response is
+            # released, but a small body was read first, so the caller can still inspect it.
+        # The token is still dropped, so that the caller's next request gets a new one.
+        await self._manager.invalidate(self._key, token)
+        logger.warning(
+            "credential %r: %s %s answered 401, but its body (%s) was consumed and cannot be "
+            "sent again; the 401 is returned without a retry",
+            self._key,
+            request.method,
+            request.url.with_query(None),
+            type(request.body).__name__,
+        )
+        return response
+
+    def _token_rejected(self, response: aiohttp.ClientResponse) -> bool:
+        """Whether a 401 means "this access token is no good" (so a new one may help)."""
+        for challenge in response.headers.getall(hdrs.WWW_AUTHENTICATE, ()):
+            if not _BEARER.search(challenge):
+                continue
+            match = _ERROR_PARAM.search(challenge)
+            if match is not None:
+                error = match.group(1) if match.group(1) is not None else match.group(2)
+                return error.lower() == "invalid_token"
+        return not self._require_invalid_token
+
+    def __repr__(self) -> str:
+        origins = (
+            "first request"
+            if self._origins is None
+            else sorted(str(URL.build(scheme=s, host=h or "", port=p)) for s, h, p in self._origins)
+        )
+        return (
+            f"TokenMiddleware(key={self._key!r}, origins={origins!r}, "
+            f"require_invalid_token={self._require_invalid_token})"
+        )
+
+
+def _parse_origin(value: str | URL) -> _Origin:
+    url = URL(value)
+    if not url.absolute or not url.scheme or not url.raw_host:
+        raise ConfigurationError(f"origin {str(value)!r} is not an absolute URL")
+    return (url.scheme, url.raw_host, url.port)
+
+
+def _replayable(body: object) -> bool:
+    """Whether a request body can be sent again after a first attempt."""
+    if not isinstance(body, payload.Payload):
+        return True  # no body
+    consumed = getattr(body, "consumed", None)
+    if consumed is None:  # aiohttp 3.12.0: no reusable payloads yet, only bytes are safe
+        return isinstance(body, payload.BytesPayload)
+    return not consumed
+
+
+async def _discard(response: aiohttp.ClientResponse) -> None:
+    """Release a response we are not returning, keeping its connection when that is cheap."""
+    try:
+        length = response.content_length
+        if length is not None and length <= _DRAIN_LIMIT:
+            await response.read()
+    except aiohttp.ClientError:
+        pass  # the connection is closed on release; the retry opens a new one
+    finally:
+        response.release()
+        # Let the cancelled body writer settle before the body is written again.
+        await response.wait_for_close()

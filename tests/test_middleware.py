@@ -1,0 +1,466 @@
+"""TokenMiddleware against real loopback servers: the fake OAuth server's protected endpoint and
+small aiohttp apps of our own. No mocks (aioresponses would bypass client middlewares)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from asynctoken import (
+    ConfigurationError,
+    InvalidGrantError,
+    KeliwebProvider,
+    RetryPolicy,
+    TokenManager,
+    TokenMiddleware,
+)
+from asynctoken.testing import FakeOAuthServer
+
+KEY = "keliweb"
+FAST_RETRY = RetryPolicy(attempts=2, deadline=5.0, initial_delay=0.01, max_delay=0.02)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOAuthServer]:
+    async with FakeOAuthServer("keliweb", expires_in=3600) as srv:
+        yield srv
+
+
+def provider(server: FakeOAuthServer) -> KeliwebProvider:
+    return KeliwebProvider(server.client_id, server.client_secret, token_url=server.token_url)
+
+
+@pytest.fixture
+async def manager(server: FakeOAuthServer) -> AsyncIterator[TokenManager]:
+    async with TokenManager(retry=FAST_RETRY) as tm:
+        await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+        yield tm
+
+
+@pytest.fixture
+async def session(manager: TokenManager) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(middlewares=[manager.middleware(KEY)]) as http:
+        yield http
+
+
+@pytest.fixture
+async def app_server() -> AsyncIterator[Callable[[web.Application], Awaitable[TestServer]]]:
+    """Start small aiohttp apps on 127.0.0.1; all are closed at teardown."""
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application) -> TestServer:
+        test_server = TestServer(app, host="127.0.0.1")
+        await test_server.start_server()
+        servers.append(test_server)
+        return test_server
+
+    yield start
+    for test_server in servers:
+        await test_server.close()
+
+
+def app_with(route: str, handler: Handler, method: str = "*") -> web.Application:
+    app = web.Application()
+    app.router.add_route(method, route, handler)
+    return app
+
+
+def bearer(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme == "Bearer" and token else None
+
+
+def invalid_token() -> web.Response:
+    return web.json_response(
+        {"error": "invalid_token"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+# ------------------------------------------------------------------------------- happy path
+
+
+async def test_sets_authorization_header(
+    server: FakeOAuthServer, manager: TokenManager, session: aiohttp.ClientSession
+) -> None:
+    async with session.get(server.api_url) as resp:
+        assert resp.status == 200
+    token = await manager.get_token(KEY)
+    assert [call.access_token for call in server.api_calls] == [token.access_token]
+    assert server.api_calls[0].headers["Authorization"] == f"Bearer {token.access_token}"
+    assert server.token_requests == 1
+
+
+async def test_cached_token_costs_no_token_request(
+    server: FakeOAuthServer, session: aiohttp.ClientSession
+) -> None:
+    for _ in range(20):
+        async with session.get(server.api_url) as resp:
+            assert resp.status == 200
+    assert server.token_requests == 1
+    assert server.api_requests == 20
+
+
+# ------------------------------------------------------------------------------- 401 handling
+
+
+async def test_invalid_token_refreshes_once_and_retries(
+    server: FakeOAuthServer, manager: TokenManager, session: aiohttp.ClientSession
+) -> None:
+    old = await manager.get_token(KEY)
+    server.expire_all_access_tokens()
+
+    async with session.get(server.api_url) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["ok"] is True
+
+    new = await manager.get_token(KEY)
+    assert new.access_token != old.access_token
+    assert server.token_requests == 2  # the first token, then exactly one refresh
+    assert [c.access_token for c in server.api_calls] == [old.access_token, new.access_token]
+    assert [c.status for c in server.api_calls] == [401, 200]
+
+
+async def test_concurrent_401s_share_one_refresh(
+    server: FakeOAuthServer, manager: TokenManager, session: aiohttp.ClientSession
+) -> None:
+    n = 50
+    old = await manager.get_token(KEY)
+    server.expire_all_access_tokens()
+
+    async def call() -> int:
+        async with session.get(server.api_url) as resp:
+            await resp.read()
+            return resp.status
+
+    with server.hold():  # the refresh parks at the token endpoint...
+        tasks = [asyncio.create_task(call()) for _ in range(n)]
+        await server.wait_for_api_requests(n)  # ...until every request had its first 401
+        await server.wait_for_token_requests(2)
+    statuses = await asyncio.gather(*tasks)
+
+    assert statuses == [200] * n
+    assert server.token_requests == 2  # one initial + ONE refresh for all 50
+    new = await manager.get_token(KEY)
+    assert server.access_token_uses(old.access_token) == n  # each request: one 401...
+    assert server.access_token_uses(new.access_token) == n  # ...and exactly one retry
+    assert server.api_requests == 2 * n
+
+
+async def test_401_on_the_retry_is_returned_without_looping(
+    server: FakeOAuthServer,
+    manager: TokenManager,
+    session: aiohttp.ClientSession,
+    app_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    seen: list[str | None] = []
+
+    async def always_401(request: web.Request) -> web.Response:
+        seen.append(bearer(request))
+        return invalid_token()
+
+    api = await app_server(app_with("/api", always_401))
+    async with session.get(api.make_url("/api")) as resp:
+        assert resp.status == 401
+        assert (await resp.json()) == {"error": "invalid_token"}  # returned intact
+
+    assert len(seen) == 2  # the first attempt and one retry, never more
+    assert seen[0] != seen[1]  # the retry carried the new token
+    assert server.token_requests == 2
+
+    async with session.get(api.make_url("/api")) as resp:
+        assert resp.status == 401
+    assert len(seen) == 4  # two hits per request
+    assert server.token_requests == 3
+
+
+async def test_401_without_challenge_is_retried_by_default(
+    server: FakeOAuthServer,
+    manager: TokenManager,
+    app_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    rejected = {(await manager.get_token(KEY)).access_token}
+
+    async def laravel(request: web.Request) -> web.Response:
+        # Laravel's auth:api answers an expired token like this: no WWW-Authenticate at all.
+        if bearer(request) in rejected:
+            return web.json_response({"message": "Unauthenticated."}, status=401)
+        return web.json_response({"ok": True})
+
+    api = await app_server(app_with("/api", laravel))
+    mw = manager.middleware(KEY)
+    async with aiohttp.ClientSession(middlewares=[mw]) as http, http.get(api.make_url("/api")) as r:
+        assert r.status == 200
+    assert server.token_requests == 2
+
+    strict = manager.middleware(KEY, require_invalid_token=True)
+    rejected.add((await manager.get_token(KEY)).access_token)
+    async with (
+        aiohttp.ClientSession(middlewares=[strict]) as http,
+        http.get(api.make_url("/api")) as r,
+    ):
+        assert r.status == 401
+    assert server.token_requests == 2  # the strict middleware did not refresh
+
+
+@pytest.mark.parametrize(
+    "challenge",
+    ['Bearer error="insufficient_scope", scope="admin"', 'Bearer realm="x", error=invalid_request'],
+)
+async def test_401_with_another_bearer_error_is_not_retried(
+    server: FakeOAuthServer,
+    session: aiohttp.ClientSession,
+    app_server: Callable[[web.Application], Awaitable[TestServer]],
+    challenge: str,
+) -> None:
+    hits = 0
+
+    async def forbidden(request: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+
+    api = await app_server(app_with("/api", forbidden))
+    async with session.get(api.make_url("/api")) as resp:
+        assert resp.status == 401
+    assert hits == 1
+    assert server.token_requests == 1
+
+
+async def test_challenge_parsing_ignores_error_description(
+    server: FakeOAuthServer,
+    session: aiohttp.ClientSession,
+    app_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    hits = 0
+
+    async def handler(request: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        if hits == 1:
+            header = (
+                'Basic realm="x", '
+                'Bearer error_description="insufficient_scope", error="invalid_token"'
+            )
+            return web.Response(status=401, headers={"WWW-Authenticate": header})
+        return web.Response(text="ok")
+
+    api = await app_server(app_with("/api", handler))
+    async with session.get(api.make_url("/api")) as resp:
+        assert resp.status == 200
+    assert hits == 2
+
+
+async def test_token_error_during_retry_is_raised(
+    server: FakeOAuthServer, manager: TokenManager, session: aiohttp.ClientSession
+) -> None:
+    await manager.get_token(KEY)
+    server.expire_all_access_tokens()
+    server.expire_all_refresh_tokens()
+    with pytest.raises(InvalidGrantError):
+        await session.get(server.api_url)
+    assert server.api_requests == 1
+
+
+# ------------------------------------------------------------------------------- bodies
+
+
+async def test_replayable_bodies_are_sent_again(
+    server: FakeOAuthServer, manager: TokenManager, session: aiohttp.ClientSession
+) -> None:
+    bodies: list[Any] = [b"x" * 1000, "text", {"form": "field"}, io.BytesIO(b"y" * 5000)]
+    for body in bodies:
+        await manager.get_token(KEY)
+        server.expire_all_access_tokens()
+        async with session.post(server.api_url, data=body) as resp:
+            assert resp.status == 200
+        first, retry = server.api_calls[-2:]
+        assert (first.status, retry.status) == (401, 200)
+        assert first.body_len == retry.body_len > 0
+
+
+async def test_consumed_stream_body_is_not_retried(
+    server: FakeOAuthServer,
+    manager: TokenManager,
+    session: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    old = await manager.get_token(KEY)
+    server.expire_all_access_tokens()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            yield b"z" * 1024
+
+    with caplog.at_level(logging.WARNING, logger="asynctoken"):
+        async with session.post(server.api_url, data=chunks()) as resp:
+            assert resp.status == 401
+            assert (await resp.json())["error"] == "invalid_token"
+    assert server.api_requests == 1  # not sent again with a half-read generator
+    assert server.api_calls[0].body_len == 4096
+    assert "cannot be sent again" in caplog.text
+    assert old.access_token not in caplog.text
+
+    # The rejected token was still dropped: the caller's next request gets a new one.
+    assert server.token_requests == 1
+    async with session.post(server.api_url, data=b"again") as resp:
+        assert resp.status == 200
+    assert server.token_requests == 2
+    assert server.api_requests == 2
+
+
+# ------------------------------------------------------------------------------- sessions
+
+
+async def test_manager_and_middleware_on_the_same_session(server: FakeOAuthServer) -> None:
+    """Token requests never pass through the middleware: no recursion, no deadlock."""
+    middleware: list[TokenMiddleware] = []
+
+    async def auth(request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+        response: aiohttp.ClientResponse = await middleware[0](request, handler)
+        return response
+
+    async with aiohttp.ClientSession(middlewares=[auth]) as http:
+        async with TokenManager(session=http, retry=FAST_RETRY) as tm:
+            await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+            middleware.append(tm.middleware(KEY))
+
+            async def use() -> list[int]:
+                statuses = []
+                for _ in range(2):
+                    async with http.get(server.api_url) as resp:
+                        statuses.append(resp.status)
+                    server.expire_all_access_tokens()
+                return statuses
+
+            assert await asyncio.wait_for(use(), timeout=10) == [200, 200]
+            # Also with the middleware given per request on the manager's own session.
+            async with http.get(server.api_url, middlewares=(tm.middleware(KEY),)) as resp:
+                assert resp.status == 200
+        assert not http.closed  # the manager never closes a session it was given
+
+    assert server.token_requests == 3  # first token, one refresh, one refresh
+    assert all("Authorization" not in r.headers for r in server.requests)
+    assert [c.status for c in server.api_calls] == [200, 401, 200, 401, 200]
+
+
+async def test_invalidate_keeps_a_newer_token(
+    server: FakeOAuthServer,
+    manager: TokenManager,
+    app_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    """A slow 401 for an old token arrives after another request already refreshed: the newer
+    token is not dropped and no second refresh happens."""
+    slow_arrived = asyncio.Event()
+    answer_slow = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        token = bearer(request)
+        if token is not None and server.is_valid_access_token(token):
+            return web.Response(text="ok")
+        slow_arrived.set()
+        await answer_slow.wait()
+        return invalid_token()
+
+    old = await manager.get_token(KEY)
+    api = await app_server(app_with("/slow", slow))
+    server.expire_all_access_tokens()
+    mw = manager.middleware(KEY, origins=[server.base_url, str(api.make_url("/"))])
+
+    async with aiohttp.ClientSession(middlewares=[mw]) as http:
+        slow_request = asyncio.create_task(http.get(api.make_url("/slow")))
+        try:
+            await slow_arrived.wait()  # it sent the old token and waits for its 401
+            async with http.get(server.api_url) as resp:  # gets a 401 and refreshes
+                assert resp.status == 200
+            new = await manager.get_token(KEY)
+            assert new.access_token != old.access_token
+            assert server.token_requests == 2
+        finally:
+            answer_slow.set()
+        async with await slow_request as resp:
+            assert resp.status == 200  # retried with the token the other request got
+    assert server.token_requests == 2  # no refresh for the late 401
+    assert (await manager.get_token(KEY)).access_token == new.access_token
+
+
+# ------------------------------------------------------------------------------- origins
+
+
+async def test_token_is_not_sent_to_other_origins(
+    manager: TokenManager,
+    session: aiohttp.ClientSession,
+    app_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    seen: dict[str, str | None] = {}
+
+    async def record(request: web.Request) -> web.Response:
+        seen[request.path] = request.headers.get("Authorization")
+        return web.Response(text="ok")
+
+    other = await app_server(app_with("/landing", record))
+
+    async def redirect(request: web.Request) -> web.Response:
+        if request.path == "/away":
+            raise web.HTTPFound(other.make_url("/landing"))
+        return await record(request)
+
+    api = await app_server(app_with("/{tail:.*}", redirect))
+    async with session.get(api.make_url("/first")) as resp:  # pins the API's origin
+        assert resp.status == 200
+    async with session.get(api.make_url("/away")) as resp:  # redirected to another port
+        assert resp.status == 200
+    token = await manager.get_token(KEY)
+    assert seen["/first"] == f"Bearer {token.access_token}"
+    assert seen["/landing"] is None
+
+
+async def test_explicit_origins(
+    manager: TokenManager,
+    app_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    seen: list[str | None] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(text="ok")
+
+    one = await app_server(app_with("/", record))
+    two = await app_server(app_with("/", record))
+    three = await app_server(app_with("/", record))
+    mw = manager.middleware(KEY, origins=[str(one.make_url("/")), two.make_url("/x?y=1")])
+    async with aiohttp.ClientSession(middlewares=[mw]) as http:
+        for target in (three, one, two):
+            async with http.get(target.make_url("/")) as resp:
+                assert resp.status == 200
+    assert seen[0] is None
+    assert seen[1] is not None
+    assert seen[1] == seen[2]
+    assert "origins=['http://127.0.0.1:" in repr(mw)
+
+
+@pytest.mark.parametrize(
+    ("key", "options"),
+    [
+        ("", {}),
+        (KEY, {"origins": "https://api.example.com"}),
+        (KEY, {"origins": []}),
+        (KEY, {"origins": ["/relative"]}),
+    ],
+)
+async def test_invalid_configuration(manager: TokenManager, key: str, options: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        manager.middleware(key, **options)
+    with pytest.raises(ValueError):  # noqa: PT011 - ConfigurationError is a ValueError
+        TokenMiddleware(manager, key, **options)
