@@ -88,6 +88,9 @@ class TokenManager:
             calls within this many seconds fail fast with the same error, without a request.
         background_retry_interval: after a failed background refresh of a still-valid token,
             seconds before the next background attempt.
+        invalidate_interval: after :meth:`invalidate` dropped a token of a key, seconds during
+            which further invalidations of that key are refused (at most one refresh per
+            interval is caused by rejected tokens).
         close_timeout: on :meth:`aclose`, seconds to let in-flight refreshes finish (so rotated
             refresh tokens get saved) before they are cancelled.
         clock: time source; inject a fake one in tests.
@@ -107,6 +110,8 @@ class TokenManager:
         "_failures",
         "_hot",
         "_inflight",
+        "_invalidate_interval",
+        "_invalidated",
         "_lock_timeout",
         "_margins",
         "_monotonic",
@@ -132,6 +137,7 @@ class TokenManager:
         lock_timeout: float = 60.0,
         invalid_grant_cooldown: float = 30.0,
         background_retry_interval: float = 10.0,
+        invalidate_interval: float = 5.0,
         close_timeout: float = 10.0,
         clock: Clock | None = None,
     ) -> None:
@@ -139,7 +145,7 @@ class TokenManager:
             raise ConfigurationError("cache_size must be >= 1")
         if lock_timeout <= 0 or close_timeout < 0:
             raise ConfigurationError("lock_timeout must be > 0 and close_timeout >= 0")
-        if invalid_grant_cooldown < 0 or background_retry_interval < 0:
+        if invalid_grant_cooldown < 0 or background_retry_interval < 0 or invalidate_interval < 0:
             raise ConfigurationError("cooldowns must be >= 0")
         if store is not None and not isinstance(store, TokenStore):
             raise ConfigurationError(f"store must implement TokenStore, got {type(store).__name__}")
@@ -163,6 +169,10 @@ class TokenManager:
         self._inflight: dict[str, asyncio.Task[Token]] = {}
         self._failures: dict[str, Failure] = {}
         self._rejected: dict[str, str] = {}
+        self._invalidate_interval = invalidate_interval
+        self._invalidated: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
+            cache_size, ttl=invalidate_interval or 1e-9, timer=self._monotonic
+        )
         self._closed = False
 
     # ------------------------------------------------------------------ public API
@@ -250,7 +260,9 @@ class TokenManager:
         Call this when an API rejected the token (HTTP 401). A newer token that another request
         already obtained is left alone, so N requests failing with the same token cause one
         refresh, not N. The next :meth:`get_token` refreshes (or picks up a newer token another
-        process stored).
+        process stored). Within ``invalidate_interval`` seconds of an invalidation, further
+        invalidations of ``key`` are refused, so an API that rejects every token cannot make
+        the manager refresh in a loop.
 
         Returns:
             Whether the token was dropped.
@@ -258,9 +270,21 @@ class TokenManager:
         entry = self._hot.get(key)
         if entry is not None and entry.token.access_token != token.access_token:
             return False
+        if key in self._invalidated:
+            # The token that replaced the last rejected one is rejected too: the API refuses
+            # this credential for another reason (permissions?). Refreshing again would not
+            # help, and doing it on every request would rotate the credential in a loop.
+            logger.warning(
+                "credential %r: access token rejected again within %g s of the last refresh "
+                "caused by a rejection; not refreshing again yet",
+                key,
+                self._invalidate_interval,
+            )
+            return False
         if entry is not None:
             self._cache.pop(key, None)
         self._rejected[key] = token.access_token
+        self._invalidated[key] = True
         logger.info("credential %r: access token %s invalidated", key, mask(token.access_token))
         return True
 
@@ -573,6 +597,11 @@ class TokenManager:
         )
 
     def _session_for_tokens(self) -> aiohttp.ClientSession:
+        if self._session is not None and self._session.closed:
+            raise TokenError(
+                "the aiohttp.ClientSession given to TokenManager(session=...) is closed; close "
+                "the manager before the session"
+            )
         session = self._token_session
         if session is None or session.closed:
             # Own cookie jar and no middlewares, whatever the user's session has: a refresh
@@ -583,6 +612,7 @@ class TokenManager:
                     connector=self._session.connector,
                     connector_owner=False,
                     cookie_jar=aiohttp.DummyCookieJar(),
+                    trust_env=self._session.trust_env,
                 )
             else:
                 session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
@@ -593,6 +623,7 @@ class TokenManager:
         self._cache.pop(key, None)
         self._failures.pop(key, None)
         self._rejected.pop(key, None)
+        self._invalidated.pop(key, None)
 
     def _check_open(self) -> None:
         if self._closed:

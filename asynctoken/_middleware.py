@@ -187,8 +187,12 @@ class TokenMiddleware:
                     self._key,
                     mask(token.access_token),
                 )
-                token = await self._manager.get_token(self._key)
-                request.headers[hdrs.AUTHORIZATION] = token.authorization
+                fresh = await self._manager.get_token(self._key)
+                if fresh.access_token == token.access_token:
+                    # The manager refused to drop it (it just replaced a rejected token):
+                    # sending the same token again cannot help.
+                    return response
+                request.headers[hdrs.AUTHORIZATION] = fresh.authorization
                 return await handler(request)
             # The body writer got further while the 401 was being drained. The response is
             # released, but a small body was read first, so the caller can still inspect it.

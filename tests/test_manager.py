@@ -693,6 +693,36 @@ async def test_invalidate_drops_only_the_current_token(
     assert server.token_requests == 2
 
 
+async def test_rejections_cannot_make_the_manager_refresh_in_a_loop(
+    server: FakeOAuthServer,
+) -> None:
+    clock = FakeClock()
+    async with TokenManager(clock=clock, retry=FAST_RETRY, invalidate_interval=5) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        first = await tm.get_token("k")
+        assert await tm.invalidate("k", first)
+        second = await tm.get_token("k")
+        # An API that rejects every token: the replacement is rejected at once.
+        assert not await tm.invalidate("k", second)
+        assert await tm.get_token("k") is second
+        assert server.token_requests == 2
+        clock.advance(5)
+        assert await tm.invalidate("k", second)
+        third = await tm.get_token("k")
+    assert third.access_token != second.access_token
+    assert server.token_requests == 3
+
+
+async def test_closed_user_session_gives_a_clear_error(server: FakeOAuthServer) -> None:
+    session = aiohttp.ClientSession()
+    async with TokenManager(session=session, retry=FAST_RETRY) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        await session.close()
+        with pytest.raises(TokenError, match="session"):
+            await tm.get_token("k")
+    assert server.token_requests == 0
+
+
 async def test_invalidated_token_is_not_picked_up_again_from_the_store(
     server: FakeOAuthServer,
 ) -> None:

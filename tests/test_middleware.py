@@ -42,7 +42,9 @@ def provider(server: FakeOAuthServer) -> KeliwebProvider:
 
 @pytest.fixture
 async def manager(server: FakeOAuthServer) -> AsyncIterator[TokenManager]:
-    async with TokenManager(retry=FAST_RETRY) as tm:
+    # These tests expire tokens on the server several times a second; the manager's guard
+    # against refresh loops (tested in test_manager.py) would refuse the later rejections.
+    async with TokenManager(retry=FAST_RETRY, invalidate_interval=0) as tm:
         await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
         yield tm
 
@@ -332,7 +334,7 @@ async def test_manager_and_middleware_on_the_same_session(server: FakeOAuthServe
         return response
 
     async with aiohttp.ClientSession(middlewares=[auth]) as http:
-        async with TokenManager(session=http, retry=FAST_RETRY) as tm:
+        async with TokenManager(session=http, retry=FAST_RETRY, invalidate_interval=0) as tm:
             await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
             middleware.append(tm.middleware(KEY))
 
@@ -464,3 +466,30 @@ async def test_invalid_configuration(manager: TokenManager, key: str, options: A
         manager.middleware(key, **options)
     with pytest.raises(ValueError):  # noqa: PT011 - ConfigurationError is a ValueError
         TokenMiddleware(manager, key, **options)
+
+
+async def test_an_api_rejecting_every_token_causes_no_refresh_loop(
+    server: FakeOAuthServer,
+    app_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    hits = 0
+
+    async def always_401(_: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        return web.Response(
+            status=401, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        )
+
+    app = web.Application()
+    app.router.add_get("/x", always_401)
+    api = await app_server(app)
+    async with TokenManager(retry=FAST_RETRY) as tm:  # default invalidate_interval
+        await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+        async with aiohttp.ClientSession(middlewares=[tm.middleware(KEY)]) as http:
+            for _ in range(20):
+                async with http.get(api.make_url("/x")) as resp:
+                    assert resp.status == 401
+    # One initial token, one refresh after the first rejection, then no more.
+    assert server.token_requests == 2
+    assert hits == 21
