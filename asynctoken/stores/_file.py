@@ -1,0 +1,395 @@
+"""A store that keeps every credential in one JSON file, shared by the processes of a host."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+from filelock import BaseFileLock, FileLock, Timeout
+
+from .._errors import ConfigurationError, StoreError, StoreLockTimeoutError
+from .._token import Token
+from ._file_format import (
+    CorruptFileError,
+    Document,
+    Stamp,
+    copy_aside,
+    decode_record,
+    empty_document,
+    encode_record,
+    is_settled,
+    read_document,
+    remove_stale_temp_files,
+    stamp_of,
+    write_document,
+)
+
+__all__ = ["FileStore"]
+
+_R = TypeVar("_R")
+
+_WRITE_LOCK_POLL = 0.002
+
+# Attempts abandoned by a cancelled waiter, kept alive until their thread returns (see _attempt).
+_ABANDONED: set[asyncio.Future[bool]] = set()
+
+
+class FileStore:
+    """Keeps every credential in one JSON file; safe for many processes on one host.
+
+    The file (format in :mod:`asynctoken.stores._file_format`) is replaced atomically on every
+    write: a new ``0600`` file in the same directory is written, fsync'd and renamed over the old
+    one, then the directory is fsync'd. Readers never see a half-written file, and a crash leaves
+    the previous version.
+
+    Two kinds of OS file locks (via :mod:`filelock`, released by the kernel if the holder dies,
+    even by ``kill -9``) coordinate processes:
+
+    * ``<path>.lock``, held briefly around every read-modify-write, so that concurrent writers
+      never lose each other's updates;
+    * ``<path>.locks/<hash of key>.lock``, the per-credential refresh lock of :meth:`lock`, held
+      across the manager's token request. These files are left in place after release (deleting
+      a lock file that another process waits on would break mutual exclusion).
+
+    All file I/O runs in worker threads (:func:`anyio.to_thread.run_sync`); lock waits poll with
+    ``poll_interval`` and never block the event loop.
+
+    A file that is not a valid asynctoken file is never read as empty and never overwritten: every
+    call raises :class:`~asynctoken.StoreError` naming the path and the problem, and a copy is
+    saved once as ``<path>.corrupt-<UTC timestamp>``. A missing file is an empty store; it is
+    created on the first write, with missing parent directories created ``0700``.
+
+    Args:
+        path: the JSON file.
+        lock_timeout: how long a write waits for the store-wide write lock before raising
+            :class:`~asynctoken.StoreLockTimeoutError`. Writers hold it for milliseconds.
+        poll_interval: how often a waiter of :meth:`lock` retries the per-credential lock.
+
+    Raises:
+        ConfigurationError: ``lock_timeout`` or ``poll_interval`` is not positive.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_corrupt_copies",
+        "_key_locks",
+        "_lock_path",
+        "_lock_timeout",
+        "_locks_dir",
+        "_path",
+        "_poll_interval",
+        "_swept",
+    )
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lock_timeout: float = 10.0,
+        poll_interval: float = 0.05,
+    ) -> None:
+        if not lock_timeout > 0:
+            raise ConfigurationError(f"lock_timeout must be positive, not {lock_timeout!r}")
+        if not poll_interval > 0:
+            raise ConfigurationError(f"poll_interval must be positive, not {poll_interval!r}")
+        self._path = os.path.abspath(os.fspath(path))
+        self._lock_path = self._path + ".lock"
+        self._locks_dir = self._path + ".locks"
+        self._lock_timeout = float(lock_timeout)
+        self._poll_interval = float(poll_interval)
+        # The last parsed version of the file, reused while its stat identity is unchanged.
+        self._cache: Document | None = None
+        self._corrupt_copies: dict[Stamp, str] = {}
+        self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._swept = False
+
+    @property
+    def path(self) -> str:
+        """The absolute path of the JSON file."""
+        return self._path
+
+    async def get(self, key: str) -> Token | None:
+        """See :meth:`TokenStore.get`.
+
+        Raises:
+            StoreError: the file is unreadable, corrupt, from a newer version, or the record of
+                ``key`` is invalid.
+        """
+        document = await anyio.to_thread.run_sync(self._read_cached, key)
+        if key not in document.credentials:
+            return None
+        return decode_record(self._path, key, document.credentials[key])
+
+    async def put(self, key: str, token: Token) -> None:
+        """See :meth:`TokenStore.put`. Overwrites a record even if it is invalid."""
+        record = encode_record(self._path, key, token)
+
+        def change(credentials: dict[str, Any]) -> tuple[None, bool]:
+            credentials[key] = record
+            return None, True
+
+        await self._mutate(key, change)
+
+    async def put_if_absent(self, key: str, token: Token) -> bool:
+        """See :meth:`TokenStore.put_if_absent`."""
+        record = encode_record(self._path, key, token)
+
+        def change(credentials: dict[str, Any]) -> tuple[bool, bool]:
+            if key in credentials:
+                return False, False
+            credentials[key] = record
+            return True, True
+
+        return await self._mutate(key, change)
+
+    async def replace(self, key: str, token: Token, *, expected_refresh_token: str | None) -> bool:
+        """See :meth:`TokenStore.replace`.
+
+        Also returns ``True`` without writing when the stored record already equals ``token``, so
+        that retrying a replace whose outcome was not seen is harmless.
+
+        Raises:
+            StoreError: the stored record of ``key`` is invalid (it cannot be compared).
+        """
+        record = encode_record(self._path, key, token)
+
+        def change(credentials: dict[str, Any]) -> tuple[bool, bool]:
+            if key not in credentials:
+                return False, False
+            current = decode_record(self._path, key, credentials[key])
+            if current == token:
+                return True, False
+            if current.refresh_token != expected_refresh_token:
+                return False, False
+            credentials[key] = record
+            return True, True
+
+        return await self._mutate(key, change)
+
+    async def delete(self, key: str) -> bool:
+        """See :meth:`TokenStore.delete`. Deletes a record even if it is invalid."""
+
+        def change(credentials: dict[str, Any]) -> tuple[bool, bool]:
+            if key not in credentials:
+                return False, False
+            del credentials[key]
+            return True, True
+
+        return await self._mutate(key, change)
+
+    async def keys(self) -> AsyncIterator[str]:
+        """See :meth:`TokenStore.keys`. The keys of the file as it was when iteration began."""
+        document = await anyio.to_thread.run_sync(self._read_cached, None)
+        for key in list(document.credentials):
+            yield key
+
+    @asynccontextmanager
+    async def lock(self, key: str, *, timeout: float) -> AsyncIterator[None]:
+        """See :meth:`TokenStore.lock`.
+
+        Tasks of this process queue on an :class:`asyncio.Lock` per key, so only one of them at a
+        time polls the OS lock that excludes other processes. Not reentrant.
+
+        Raises:
+            StoreLockTimeoutError: not acquired within ``timeout`` seconds (names the path and key).
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        local, users = self._key_locks.get(key) or (asyncio.Lock(), 0)
+        self._key_locks[key] = (local, users + 1)
+        try:
+            await self._acquire_local(local, key, timeout, deadline)
+            try:
+                file_lock = await self._acquire_file(key, timeout, deadline)
+                try:
+                    yield
+                finally:
+                    # flock(LOCK_UN) and close() do not block; releasing here, without an await,
+                    # means a cancellation cannot skip it.
+                    file_lock.release()
+            finally:
+                local.release()
+        finally:
+            local, users = self._key_locks[key]
+            if users == 1:
+                del self._key_locks[key]
+            else:
+                self._key_locks[key] = (local, users - 1)
+
+    async def aclose(self) -> None:
+        """Forget the cached file content; the store holds no open files between calls."""
+        self._cache = None
+
+    def __repr__(self) -> str:
+        return f"FileStore(path={self._path!r})"
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _read_cached(self, key: str | None) -> Document:
+        """Parse the file, or reuse the last parse while the file's stat identity is unchanged."""
+        try:
+            stamp = stamp_of(os.stat(self._path))
+        except FileNotFoundError:
+            return empty_document()
+        except OSError as exc:
+            message = f"cannot read {self._path}: {exc.strerror}"
+            raise StoreError(message, location=self._path) from exc
+        cached = self._cache
+        if cached is not None and cached.stamp == stamp:
+            return cached
+        document = self._read(key)
+        # Only a settled version is cached: see _file_format.is_settled.
+        if document.stamp is not None and is_settled(document.stamp):
+            self._cache = document
+        return document
+
+    def _read(self, key: str | None) -> Document:
+        try:
+            return read_document(self._path)
+        except CorruptFileError as exc:
+            raise self._corrupt(exc, key) from None
+
+    def _corrupt(self, exc: CorruptFileError, key: str | None) -> StoreError:
+        copy = self._corrupt_copies.get(exc.stamp)
+        if copy is None:
+            try:
+                copy = copy_aside(self._path, exc.raw)
+            except OSError as error:
+                saved = f"saving a copy failed too ({error.strerror or error})"
+            else:
+                self._corrupt_copies[exc.stamp] = copy
+                saved = f"a copy was saved as {copy}"
+        else:
+            saved = f"a copy was saved as {copy}"
+        return StoreError(
+            f"{self._path} is not a usable asynctoken token file: {exc.reason}. It was left "
+            f"untouched and writes are refused until it is repaired or removed; {saved}",
+            location=self._path,
+            key=key,
+        )
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    async def _mutate(self, key: str, change: Callable[[dict[str, Any]], tuple[_R, bool]]) -> _R:
+        return await anyio.to_thread.run_sync(self._mutate_sync, key, change)
+
+    def _mutate_sync(self, key: str, change: Callable[[dict[str, Any]], tuple[_R, bool]]) -> _R:
+        """Read-modify-write under the store-wide lock; ``change`` says what to write, and if."""
+        self._make_directory(os.path.dirname(self._path))
+        write_lock = FileLock(self._lock_path, mode=0o600, thread_local=False)
+        try:
+            # Writers hold this lock for milliseconds: poll fast, or waiters starve behind a
+            # process that writes in a loop.
+            write_lock.acquire(timeout=self._lock_timeout, poll_interval=_WRITE_LOCK_POLL)
+        except Timeout:
+            raise StoreLockTimeoutError(
+                f"the write lock {self._lock_path} of {self._path} was not acquired within "
+                f"{self._lock_timeout:g} s",
+                location=self._path,
+                key=key,
+            ) from None
+        except OSError as exc:
+            message = f"cannot lock {self._lock_path}: {exc.strerror or exc}"
+            raise StoreError(message, location=self._path, key=key) from exc
+        try:
+            if not self._swept:
+                remove_stale_temp_files(self._path)
+                self._swept = True
+            document = self._read(key)  # never the cache: the file may have changed a moment ago
+            result, changed = change(document.credentials)
+            if changed:
+                self._cache = None
+                write_document(self._path, document.top)
+            return result
+        finally:
+            write_lock.release()
+
+    def _make_directory(self, directory: str) -> None:
+        """Create ``directory`` and its missing parents with mode 0700."""
+        missing: list[str] = []
+        while directory and not os.path.isdir(directory):
+            missing.append(directory)
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                break
+            directory = parent
+        for path in reversed(missing):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                message = f"cannot create directory {path}: {exc.strerror}"
+                raise StoreError(message, location=self._path) from exc
+
+    # -- refresh locks ---------------------------------------------------------------------------
+
+    async def _acquire_local(
+        self, local: asyncio.Lock, key: str, timeout: float, deadline: float
+    ) -> None:
+        if not local.locked():
+            await local.acquire()  # free: returns at once
+            return
+        acquired = False
+        with anyio.move_on_after(deadline - asyncio.get_running_loop().time()):
+            await local.acquire()
+            acquired = True
+        if not acquired:
+            raise self._lock_timeout_error(key, timeout, "another task of this process")
+
+    async def _acquire_file(self, key: str, timeout: float, deadline: float) -> BaseFileLock:
+        name = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        file_lock = FileLock(
+            os.path.join(self._locks_dir, f"{name}.lock"), mode=0o600, thread_local=False
+        )
+        loop = asyncio.get_running_loop()
+        while not await self._attempt(file_lock):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                holder = f"another process (lock file {file_lock.lock_file})"
+                raise self._lock_timeout_error(key, timeout, holder)
+            await anyio.sleep(min(self._poll_interval, remaining))
+        return file_lock
+
+    async def _attempt(self, file_lock: BaseFileLock) -> bool:
+        """One non-blocking try at ``file_lock``, made in a worker thread.
+
+        A cancelled waiter must not leak the lock: the thread cannot be interrupted, so if it wins
+        after the waiter is gone, the lock is released as soon as the thread returns.
+        """
+        attempt = asyncio.ensure_future(anyio.to_thread.run_sync(self._try_lock, file_lock))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            _ABANDONED.add(attempt)
+            attempt.add_done_callback(lambda done: _release_if_won(done, file_lock))
+            raise
+
+    def _try_lock(self, file_lock: BaseFileLock) -> bool:
+        self._make_directory(self._locks_dir)
+        try:
+            file_lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        except OSError as exc:
+            message = f"cannot lock {file_lock.lock_file}: {exc.strerror or exc}"
+            raise StoreError(message, location=self._path) from exc
+        return True
+
+    def _lock_timeout_error(self, key: str, timeout: float, holder: str) -> StoreLockTimeoutError:
+        return StoreLockTimeoutError(
+            f"refresh lock of {self._path} not acquired within {timeout:g} s: held by {holder}",
+            location=self._path,
+            key=key,
+        )
+
+
+def _release_if_won(attempt: asyncio.Future[bool], file_lock: BaseFileLock) -> None:
+    _ABANDONED.discard(attempt)
+    if not attempt.cancelled() and attempt.exception() is None and attempt.result():
+        file_lock.release()

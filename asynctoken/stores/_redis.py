@@ -1,0 +1,444 @@
+"""A store in Redis, shared by every process and host that uses the same server and prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+try:
+    from redis.asyncio import ConnectionPool, Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import RedisError, ResponseError
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "RedisStore needs the redis package: pip install 'asynctoken[redis]'"
+    ) from exc
+
+from .._errors import ConfigurationError, StoreError, StoreLockTimeoutError
+from .._token import Token
+
+__all__ = ["RedisStore", "redact_url"]
+
+_log = logging.getLogger("asynctoken.stores")
+
+#: Version of the JSON record stored under each credential key (field ``"v"``).
+RECORD_VERSION = 1
+
+# Compare-and-swap on the refresh token inside the stored JSON record, atomic in the server.
+# KEYS[1]: credential key. ARGV[1]: new record. ARGV[2]: "1" if a refresh token is expected, "0" if
+# the stored one must be null/absent. ARGV[3]: the expected refresh token.
+# Returns 1 if stored (or already equal to the new record, so a retried call is harmless), 0 if
+# the record is missing or holds another refresh token. cjson decodes JSON null as cjson.null, a
+# sentinel distinct from nil, so both spellings of "no refresh token" are checked.
+_REPLACE_LUA = """
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if current == ARGV[1] then return 1 end
+local ok, record = pcall(cjson.decode, current)
+if not ok or type(record) ~= 'table' then
+  return redis.error_reply('ASYNCTOKEN_BAD_RECORD the stored record is not a JSON object')
+end
+local stored = record['refresh_token']
+if ARGV[2] == '1' then
+  if type(stored) ~= 'string' or stored ~= ARGV[3] then return 0 end
+elseif stored ~= nil and stored ~= cjson.null then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Release a lock only if it still carries our random token (it may have expired and been taken).
+_UNLOCK_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (userinfo and ``?password=``)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            if ":" in userinfo:
+                userinfo = userinfo.split(":", 1)[0] + ":***"
+            netloc = f"{userinfo}@{host}"
+        query = parts.query
+        if query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
+            query = query.replace("%2A%2A%2A", "***")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<unparsable Redis URL>"
+
+
+class RedisStore:
+    """Keeps each credential under its own Redis key; for many processes and hosts.
+
+    Layout (``prefix`` defaults to ``"asynctoken:"``):
+
+    * ``{prefix}cred:{key}``: a JSON string, the fields of :meth:`Token.to_dict` plus ``"v": 1``.
+    * ``{prefix}lock:{key}``: the refresh lock, a random token set with ``SET NX PX lock_ttl``.
+
+    Every per-key call is one round trip: :meth:`get` is ``GET``, :meth:`put` ``SET``,
+    :meth:`put_if_absent` ``SET NX``, :meth:`replace` one Lua script (compare-and-swap on the
+    stored refresh token, atomic in the server), :meth:`delete` ``DEL``. :meth:`keys` walks the
+    keyspace with ``SCAN``, a batch at a time, so a million credentials are never in memory at once.
+
+    The refresh lock is a lease: a holder that crashes blocks others for at most ``lock_ttl``. It
+    is not renewed, so ``lock_ttl`` must exceed the longest time a lock is held (the manager's
+    whole token request, retries included). A lease that expired before release is logged as a
+    warning; :meth:`replace` still refuses to overwrite a newer refresh token in that case.
+
+    Connection errors, timeouts and server errors raise :class:`~asynctoken.StoreError` whose
+    message and ``location`` carry the URL with the password replaced by ``***``. Nothing is
+    retried blindly: a write whose outcome is unknown is reported, never assumed.
+
+    Args:
+        url_or_client: a ``redis://``, ``rediss://`` or ``unix://`` URL, or a
+            :class:`redis.asyncio.Redis` client. A client passed in is not closed by
+            :meth:`aclose`; its own timeout and retry settings apply.
+        prefix: prepended to every key; stores with different prefixes share nothing. Prefixes
+            must not nest (``"a:"`` and ``"a:cred:"`` would see each other's keys).
+        lock_ttl: seconds after which an unreleased refresh lock expires.
+        poll_interval: seconds between attempts while waiting for a refresh lock.
+        socket_timeout: seconds to wait for a reply (for a URL only).
+        connect_timeout: seconds to wait for a connection (for a URL only).
+        max_connections: size of the connection pool (for a URL only); more concurrent calls
+            wait for a free connection.
+        scan_count: the ``COUNT`` hint of each ``SCAN`` call in :meth:`keys`.
+
+    Raises:
+        ConfigurationError: a bad URL, or a non-positive ``lock_ttl``, ``poll_interval``,
+            ``max_connections`` or ``scan_count``.
+    """
+
+    __slots__ = (
+        "_client",
+        "_gate",
+        "_location",
+        "_lock_ttl",
+        "_owns_client",
+        "_pending",
+        "_poll_interval",
+        "_prefix",
+        "_replace_script",
+        "_scan_count",
+        "_secret",
+        "_unlock_script",
+    )
+
+    def __init__(
+        self,
+        url_or_client: str | Redis,
+        *,
+        prefix: str = "asynctoken:",
+        lock_ttl: float = 60.0,
+        poll_interval: float = 0.05,
+        socket_timeout: float | None = 5.0,
+        connect_timeout: float | None = 5.0,
+        max_connections: int = 50,
+        scan_count: int = 1000,
+    ) -> None:
+        if not lock_ttl > 0:
+            raise ConfigurationError(f"lock_ttl must be positive, not {lock_ttl!r}")
+        if not poll_interval > 0:
+            raise ConfigurationError(f"poll_interval must be positive, not {poll_interval!r}")
+        if scan_count < 1:
+            raise ConfigurationError(f"scan_count must be positive, not {scan_count!r}")
+        if max_connections < 1:
+            raise ConfigurationError(f"max_connections must be positive, not {max_connections!r}")
+        if isinstance(url_or_client, str):
+            self._location = redact_url(url_or_client)
+            try:
+                pool = ConnectionPool.from_url(
+                    url_or_client,
+                    max_connections=max_connections,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=connect_timeout,
+                    # No automatic retries: a timed-out SET NX that did happen, then retried,
+                    # would report a held lock as busy. Failures surface as StoreError instead.
+                    retry=Retry(NoBackoff(), 0),
+                )
+            except ValueError as exc:
+                raise ConfigurationError(f"invalid Redis URL {self._location}: {exc}") from None
+            self._client = Redis(connection_pool=pool)
+            self._client.auto_close_connection_pool = True  # closing the client closes the pool
+            # Callers beyond the pool's size wait here, rather than fail with "Too many
+            # connections" (redis-py's own BlockingConnectionPool deadlocks on connection errors
+            # in the 5.0 releases).
+            self._gate: asyncio.Semaphore | None = asyncio.Semaphore(max_connections)
+            self._owns_client = True
+        else:
+            self._client = url_or_client
+            self._owns_client = False
+            self._gate = None  # the client's own pool settings apply
+            self._location = _describe(url_or_client)
+        kwargs = self._client.connection_pool.connection_kwargs
+        password = kwargs.get("password")
+        self._secret = password if isinstance(password, str) and password else None
+        self._prefix = prefix
+        self._lock_ttl = float(lock_ttl)
+        self._poll_interval = float(poll_interval)
+        self._scan_count = scan_count
+        self._replace_script = self._client.register_script(_REPLACE_LUA)
+        self._unlock_script = self._client.register_script(_UNLOCK_LUA)
+        # Lock releases that outlive a cancelled caller; awaited by aclose().
+        self._pending: set[asyncio.Task[None]] = set()
+
+    @property
+    def location(self) -> str:
+        """The server's URL without its password."""
+        return self._location
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of every key of this store."""
+        return self._prefix
+
+    async def get(self, key: str) -> Token | None:
+        """See :meth:`TokenStore.get`. One ``GET``."""
+        async with self._guard("GET", key):
+            raw = await self._client.get(self._cred(key))
+        if raw is None:
+            return None
+        return self._decode(key, raw)
+
+    async def put(self, key: str, token: Token) -> None:
+        """See :meth:`TokenStore.put`. One ``SET``."""
+        data = self._encode(key, token)
+        async with self._guard("SET", key):
+            await self._client.set(self._cred(key), data)
+
+    async def put_if_absent(self, key: str, token: Token) -> bool:
+        """See :meth:`TokenStore.put_if_absent`. One ``SET NX``."""
+        data = self._encode(key, token)
+        async with self._guard("SET NX", key):
+            return bool(await self._client.set(self._cred(key), data, nx=True))
+
+    async def replace(self, key: str, token: Token, *, expected_refresh_token: str | None) -> bool:
+        """See :meth:`TokenStore.replace`. One Lua script, atomic in the server.
+
+        Also returns ``True`` when the stored record already equals ``token``, so that retrying a
+        replace whose reply was lost is harmless.
+
+        Raises:
+            StoreError: the stored record is not JSON, or Redis failed (the outcome is then
+                unknown: read the record back).
+        """
+        data = self._encode(key, token)
+        expected = "" if expected_refresh_token is None else expected_refresh_token
+        flag = "0" if expected_refresh_token is None else "1"
+        async with self._guard("replace", key):
+            result = await self._replace_script(keys=[self._cred(key)], args=[data, flag, expected])
+        return bool(result)
+
+    async def delete(self, key: str) -> bool:
+        """See :meth:`TokenStore.delete`. One ``DEL``; the refresh lock is left to expire."""
+        async with self._guard("DEL", key):
+            return bool(await self._client.delete(self._cred(key)))
+
+    async def keys(self) -> AsyncIterator[str]:
+        """See :meth:`TokenStore.keys`.
+
+        ``SCAN`` with a ``MATCH`` on this store's prefix, ``scan_count`` keys per round trip. Per
+        Redis's ``SCAN`` guarantees, a key present for the whole iteration is yielded at least once
+        (rarely twice, if the server resizes its table meanwhile).
+        """
+        head = self._cred("")
+        pattern = _glob_escape(head) + "*"
+        cursor: int = 0
+        while True:
+            async with self._guard("SCAN", None):
+                cursor, batch = await self._client.scan(
+                    cursor=cursor, match=pattern, count=self._scan_count
+                )
+            for name in batch:
+                text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+                yield text[len(head) :]
+            if not cursor:
+                return
+
+    @asynccontextmanager
+    async def lock(self, key: str, *, timeout: float) -> AsyncIterator[None]:
+        """See :meth:`TokenStore.lock`: a lease of ``lock_ttl`` seconds.
+
+        Waiting polls ``SET NX`` every ``poll_interval``. Release deletes the lock only if it
+        still holds this holder's random token; a lease that already expired is logged, not raised.
+
+        Raises:
+            StoreLockTimeoutError: not acquired within ``timeout`` seconds.
+            StoreError: Redis failed while acquiring.
+        """
+        name = self._prefix + "lock:" + key
+        token = secrets.token_hex(16)
+        ttl_ms = max(1, int(self._lock_ttl * 1000))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not await self._try_lock(name, token, ttl_ms, key):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise StoreLockTimeoutError(
+                    f"refresh lock {name!r} at {self._location} not acquired within "
+                    f"{timeout:g} s: another holder has it (a crashed holder's lease ends "
+                    f"within lock_ttl={self._lock_ttl:g} s)",
+                    location=self._location,
+                    key=key,
+                )
+            await asyncio.sleep(min(self._poll_interval, remaining))
+        try:
+            yield
+        finally:
+            # Shielded: a caller cancelled now still frees the lock instead of waiting out its TTL.
+            await asyncio.shield(self._spawn_unlock(name, token, key))
+
+    async def aclose(self) -> None:
+        """Finish pending lock releases, then close the client if this store created it."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=5.0)
+        if self._owns_client:
+            close = getattr(self._client, "aclose", None)
+            if close is None:  # pragma: no cover - redis 5.0.0 has only close()
+                await self._client.close()
+            else:
+                await close()
+
+    def __repr__(self) -> str:
+        return f"RedisStore(url={self._location!r}, prefix={self._prefix!r})"
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _cred(self, key: str) -> str:
+        return self._prefix + "cred:" + key
+
+    def _encode(self, key: str, token: Token) -> bytes:
+        record: dict[str, Any] = {"v": RECORD_VERSION, **token.to_dict()}
+        try:
+            text = json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            return text.encode("utf-8")  # UnicodeEncodeError (a ValueError): unpaired surrogate
+        except (TypeError, ValueError) as exc:
+            message = f"token cannot be stored: {type(exc).__name__} while encoding JSON"
+            raise StoreError(message, location=self._location, key=key) from None
+
+    def _decode(self, key: str, raw: bytes | str) -> Token:
+        where = f"record {self._cred(key)!r} at {self._location}"
+        try:
+            record = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise StoreError(f"{where} is not JSON", location=self._location, key=key) from None
+        if not isinstance(record, dict):
+            message = f"{where} is not a JSON object"
+            raise StoreError(message, location=self._location, key=key)
+        version = record.get("v", RECORD_VERSION)
+        if isinstance(version, int) and not isinstance(version, bool) and version > RECORD_VERSION:
+            raise StoreError(
+                f"{where} was written by a newer asynctoken (record version {version}; this "
+                f"version reads {RECORD_VERSION}): upgrade asynctoken",
+                location=self._location,
+                key=key,
+            )
+        try:
+            return Token.from_dict(record)
+        except ValueError as exc:
+            raise StoreError(f"{where}: {exc}", location=self._location, key=key) from None
+
+    async def _try_lock(self, name: str, token: str, ttl_ms: int, key: str) -> bool:
+        try:
+            async with self._guard("lock", key):
+                return bool(await self._client.set(name, token, nx=True, px=ttl_ms))
+        except BaseException:
+            # The SET may have reached the server before the failure or cancellation: undo it.
+            self._spawn_unlock(name, token, key, quiet=True)
+            raise
+
+    def _spawn_unlock(
+        self, name: str, token: str, key: str, quiet: bool = False
+    ) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(self._unlock(name, token, key, quiet))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def _unlock(self, name: str, token: str, key: str, quiet: bool) -> None:
+        try:
+            async with self._guard("unlock", key):
+                released = await self._unlock_script(keys=[name], args=[token])
+        except StoreError as exc:
+            if not quiet:
+                _log.warning(
+                    "[%s] could not release the refresh lock (%s); it expires within %g s",
+                    key,
+                    exc.message,
+                    self._lock_ttl,
+                )
+            return
+        if not released and not quiet:
+            _log.warning(
+                "[%s] the refresh lock at %s expired before it was released (held longer than "
+                "lock_ttl=%g s); another process may have taken it meanwhile",
+                key,
+                self._location,
+                self._lock_ttl,
+            )
+
+    @asynccontextmanager
+    async def _guard(self, operation: str, key: str | None) -> AsyncIterator[None]:
+        """Wait for a free connection, then run one command with its errors translated."""
+        if self._gate is None:
+            with self._translate(operation, key):
+                yield
+        else:
+            async with self._gate:
+                with self._translate(operation, key):
+                    yield
+
+    @contextmanager
+    def _translate(self, operation: str, key: str | None) -> Iterator[None]:
+        """Turn a redis-py or socket failure into a StoreError without the password."""
+        try:
+            yield
+        except ResponseError as exc:
+            detail = self._scrub(str(exc))
+            if "ASYNCTOKEN_BAD_RECORD" in detail:
+                detail = "the stored record is not a JSON object"
+            message = f"Redis at {self._location} refused {operation}: {detail}"
+            raise StoreError(message, location=self._location, key=key) from None
+        except (RedisError, OSError) as exc:
+            message = (
+                f"Redis at {self._location} failed during {operation}: "
+                f"{type(exc).__name__}: {self._scrub(str(exc))}"
+            )
+            raise StoreError(message, location=self._location, key=key) from exc
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+
+def _describe(client: Redis) -> str:
+    """A password-free URL for a client that was created elsewhere."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return f"unix://{kwargs['path']}?db={db}"
+    connection_class = getattr(pool, "connection_class", None)
+    scheme = "rediss" if "SSL" in getattr(connection_class, "__name__", "") else "redis"
+    user = kwargs.get("username") or ""
+    auth = f"{user}:***@" if kwargs.get("password") else (f"{user}@" if user else "")
+    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
+    return f"{scheme}://{auth}{host}:{port}/{db}"
+
+
+def _glob_escape(text: str) -> str:
+    """Escape the glob characters of ``MATCH`` patterns."""
+    return "".join("\\" + char if char in "*?[]\\^" else char for char in text)

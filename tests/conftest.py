@@ -1,0 +1,46 @@
+"""Shared fixtures: a real redis-server for the whole session, a fresh key prefix per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server on 127.0.0.1 and a random port, for the whole session.
+
+    Synchronous on purpose: pytest-asyncio gives each test its own event loop, and a client bound
+    to one loop cannot be used from another, so tests create their own clients from the URL.
+    Never skipped: if no redis-server can be found the tests fail and say how to get one.
+    """
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the session's redis-server."""
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix no other test uses; its keys are deleted afterwards.
+
+    Synchronous (a blocking client for the cleanup) so that async fixtures can request it.
+    """
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    with redis.Redis.from_url(redis_url) as client:
+        names = list(client.scan_iter(match=prefix + "*", count=1000))
+        for start in range(0, len(names), 1000):
+            client.delete(*names[start : start + 1000])
