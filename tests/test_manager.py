@@ -21,6 +21,7 @@ from asynctoken import (
     MemoryStore,
     OAuth2Provider,
     RetryPolicy,
+    StoreError,
     Token,
     TokenEndpointError,
     TokenError,
@@ -754,3 +755,89 @@ def test_insecure_token_url_is_refused() -> None:
         token_url="http://example.com/token",
         allow_insecure_http=True,
     )
+
+
+# --------------------------------------------------------------------------- store failures
+
+
+class FlakyStore(MemoryStore):
+    """A MemoryStore whose writes (or everything) fail on demand, like a store going away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing_writes = 0
+        self.down = False
+
+    def _maybe_fail(self, write: bool) -> None:
+        if self.down:
+            raise StoreError("store unreachable", location="flaky")
+        if write and self.failing_writes:
+            self.failing_writes -= 1
+            raise StoreError("write failed", location="flaky")
+
+    async def get(self, key: str) -> Token | None:
+        self._maybe_fail(write=False)
+        return await super().get(key)
+
+    async def replace(self, key: str, token: Token, *, expected_refresh_token: str | None) -> bool:
+        self._maybe_fail(write=True)
+        return await super().replace(key, token, expected_refresh_token=expected_refresh_token)
+
+    async def put_if_absent(self, key: str, token: Token) -> bool:
+        self._maybe_fail(write=True)
+        return await super().put_if_absent(key, token)
+
+
+async def test_a_briefly_failing_save_is_retried(server: FakeOAuthServer) -> None:
+    store = FlakyStore()
+    async with TokenManager(store=store, retry=FAST_RETRY) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        store.failing_writes = 2
+        token = await tm.get_token("k")
+    stored = await store.get("k")
+    assert stored is not None
+    assert stored.refresh_token == token.refresh_token
+    assert server.is_valid_refresh_token(token.refresh_token or "")
+
+
+async def test_rotated_token_survives_a_store_that_refuses_writes(
+    server: FakeOAuthServer,
+) -> None:
+    store = FlakyStore()
+    clock = FakeClock()
+    seed = server.issue_refresh_token()
+    async with TokenManager(store=store, clock=clock, retry=FAST_RETRY) as tm:
+        await tm.add("k", keliweb(server), refresh_token=seed)
+        store.failing_writes = 100
+        first = await tm.get_token("k")  # the server rotated; the store could not take it
+        assert server.is_valid_access_token(first.access_token)
+        assert (await store.get("k")).refresh_token == seed  # type: ignore[union-attr]
+        store.failing_writes = 0
+        clock.advance(3600)
+        second = await tm.get_token("k")
+    # The kept refresh token was saved, then used: no reuse of the dead seed.
+    assert server.reuse_detected == 0
+    assert [r.refresh_token for r in server.requests] == [seed, first.refresh_token]
+    stored = await store.get("k")
+    assert stored is not None
+    assert stored.refresh_token == second.refresh_token
+    assert server.is_valid_refresh_token(second.refresh_token or "")
+
+
+async def test_store_outage_spares_valid_tokens_and_recovers(server: FakeOAuthServer) -> None:
+    store = FlakyStore()
+    clock = FakeClock()
+    async with TokenManager(store=store, clock=clock, retry=FAST_RETRY) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        token = await tm.get_token("k")
+        store.down = True
+        clock.advance(3600 - 200)  # stale: served while the background refresh fails
+        for _ in range(10):
+            assert await tm.get_token("k") is token
+        clock.advance(200)  # expired: the refresh must go through the store
+        with pytest.raises(StoreError):
+            await tm.get_token("k")
+        store.down = False
+        new = await tm.get_token("k")
+    assert new.access_token != token.access_token
+    assert server.reuse_detected == 0
