@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from redis_server import RedisServer
 
 from asynctoken import KeliwebProvider, RedisStore, RetryPolicy, StoreError, TokenManager
 from asynctoken.testing import FakeClock, FakeOAuthServer
-from redis_server import RedisServer
 
 
 async def test_redis_outage_spares_valid_tokens_and_recovers(tmp_path: Path) -> None:
