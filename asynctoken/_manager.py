@@ -34,11 +34,11 @@ from ._errors import (
     CredentialNotFoundError,
     InvalidClientError,
     InvalidGrantError,
-    StoreError,
     TokenError,
-    TransientError,
 )
 from ._policy import Margins, RetryPolicy
+from ._request import request_token
+from ._saving import RotationSaver
 from ._secrets import mask
 from ._token import Token
 from .providers._base import Provider
@@ -56,18 +56,6 @@ ProviderFactory = Callable[[str], "Provider | Awaitable[Provider | None] | None"
 """Resolves the provider for a key that was not registered with :meth:`TokenManager.add`."""
 
 _FINAL_ERRORS: Final = (InvalidGrantError, InvalidClientError)
-_SAVE_ATTEMPTS: Final = 3
-
-
-class _Unsaved:
-    """A refreshed token the store failed to take, and what the store held before."""
-
-    __slots__ = ("existed", "expected", "token")
-
-    def __init__(self, token: Token, expected: str | None, existed: bool) -> None:
-        self.token = token
-        self.expected = expected
-        self.existed = existed
 
 
 class TokenManager:
@@ -132,10 +120,10 @@ class TokenManager:
         "_rejected",
         "_resolved",
         "_retry",
+        "_saver",
         "_session",
         "_store",
         "_token_session",
-        "_unsaved",
         "_wall",
     )
 
@@ -183,7 +171,7 @@ class TokenManager:
         self._inflight: dict[str, asyncio.Task[Token]] = {}
         self._failures: dict[str, Failure] = {}
         self._rejected: dict[str, str] = {}
-        self._unsaved: dict[str, _Unsaved] = {}
+        self._saver = RotationSaver(self._store)
         self._invalidate_interval = invalidate_interval
         self._invalidated: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
             cache_size, ttl=invalidate_interval or 1e-9, timer=self._monotonic
@@ -466,19 +454,24 @@ class TokenManager:
                 return token
         async with store.lock(key, timeout=self._lock_timeout):
             stored = await store.get(key)
-            pending = self._unsaved.pop(key, None)
-            if pending is not None:
-                stored = await self._save_pending(key, stored, pending)
+            stored = await self._saver.resume(key, stored)
             if not force:
                 token = self._usable(key, stored, need_fresh=background)
                 if token is not None:
                     logger.debug("credential %r: picked up a token refreshed elsewhere", key)
                     return token
             old_refresh = stored.refresh_token if stored is not None else None
-            token, issued_mono, issued_wall = await self._request(key, provider, old_refresh)
+            token, issued_mono, issued_wall = await request_token(
+                key,
+                provider,
+                self._session_for_tokens(),
+                old_refresh,
+                retry=self._retry,
+                clock=self._clock,
+            )
             if token.refresh_token is None and old_refresh is not None:
                 token = token.with_refresh_token(old_refresh)  # RFC 6749 §6: keep the old one
-            await self._save(key, token, stored)
+            await self._saver.save(key, token, stored)
         self._rejected.pop(key, None)
         self._cache[key] = self._entry(token, issued_mono, issued_wall)
         logger.info(
@@ -489,131 +482,6 @@ class TokenManager:
             "rotated" if token.refresh_token != old_refresh else "kept",
         )
         return token
-
-    async def _save(self, key: str, token: Token, stored: Token | None) -> None:
-        """Write a refreshed token with compare-and-swap on the refresh token it came from.
-
-        A store failure is retried briefly. If the store stays down, the token is still handed
-        out (the server already rotated: the old refresh token is dead) and kept in this process
-        as *unsaved*, to be written first thing under the next refresh lock.
-        """
-        expected = stored.refresh_token if stored is not None else None
-        for attempt in range(_SAVE_ATTEMPTS):
-            try:
-                if stored is None:
-                    saved = await self._store.put_if_absent(key, token)
-                else:
-                    saved = await self._store.replace(key, token, expected_refresh_token=expected)
-            except StoreError as exc:
-                if attempt + 1 < _SAVE_ATTEMPTS:
-                    await asyncio.sleep(0.05 * 4**attempt)
-                    continue
-                self._unsaved[key] = _Unsaved(token, expected, stored is not None)
-                logger.error(
-                    "credential %r: the rotated refresh token could not be saved (%s); this "
-                    "process keeps it and saves it before its next refresh",
-                    key,
-                    exc.message,
-                )
-                return
-            if not saved:
-                # Someone replaced the credential while we held the lock (lock lease lost, or a
-                # forced re-seed). Never overwrite it; our token is still valid for this process.
-                logger.error(
-                    "credential %r changed in the store during the refresh; the stored one is "
-                    "kept and this process uses its new token until it expires",
-                    key,
-                )
-            return
-
-    async def _save_pending(
-        self, key: str, stored: Token | None, pending: _Unsaved
-    ) -> Token | None:
-        """Write a token whose save failed earlier, if the store did not move on meanwhile."""
-        unchanged = (stored is not None) == pending.existed and (
-            stored is None or stored.refresh_token == pending.expected
-        )
-        if not unchanged:
-            logger.warning(
-                "credential %r: the store changed since this process failed to save its last "
-                "refresh; the stored credential wins",
-                key,
-            )
-            return stored
-        try:
-            if stored is None:
-                await self._store.put_if_absent(key, pending.token)
-            else:
-                await self._store.replace(
-                    key, pending.token, expected_refresh_token=pending.expected
-                )
-        except StoreError:
-            self._unsaved[key] = pending
-            raise
-        logger.info("credential %r: saved the refresh token kept since the store failed", key)
-        return pending.token
-
-    async def _request(
-        self, key: str, provider: Provider, refresh_token: str | None
-    ) -> tuple[Token, float, float]:
-        """One token request with retries; falls back to the primary grant on a dead refresh
-        token when the provider has one."""
-        if refresh_token is None and not provider.can_reauthenticate:
-            raise InvalidGrantError(
-                "no refresh token is stored for this credential and no password grant is "
-                "configured: re-authorize and seed it with add(key, provider, refresh_token=...)",
-                key=key,
-            )
-        try:
-            return await self._request_with_retries(key, provider, refresh_token)
-        except InvalidGrantError:
-            if refresh_token is None or not provider.can_reauthenticate:
-                raise
-            logger.warning(
-                "credential %r: refresh token %s rejected; requesting a new one with the "
-                "configured password grant",
-                key,
-                mask(refresh_token),
-            )
-            return await self._request_with_retries(key, provider, None)
-
-    async def _request_with_retries(
-        self, key: str, provider: Provider, refresh_token: str | None
-    ) -> tuple[Token, float, float]:
-        policy = self._retry
-        session = self._session_for_tokens()
-        started = self._monotonic()
-        attempt = 0
-        while True:
-            attempt += 1
-            issued_wall = self._wall()
-            issued_mono = self._monotonic()
-            try:
-                token = await provider.fetch_token(
-                    session, refresh_token=refresh_token, issued_at=issued_wall
-                )
-                return token, issued_mono, issued_wall
-            except TransientError as exc:
-                delay = policy.delay(attempt, exc.retry_after)
-                elapsed = self._monotonic() - started
-                if attempt >= policy.attempts or elapsed + delay > policy.deadline:
-                    raise TransientError(
-                        f"token endpoint still failing after {attempt} attempt(s) in "
-                        f"{elapsed:.1f} s: {exc.message}",
-                        status=exc.status,
-                        retry_after=exc.retry_after,
-                        attempts=attempt,
-                        key=key,
-                    ) from exc
-                logger.warning(
-                    "credential %r: %s; retry %d in %.2f s",
-                    key,
-                    exc.message,
-                    attempt,
-                    delay,
-                    extra={"asynctoken_retry_delay": delay},
-                )
-                await asyncio.sleep(delay)
 
     # ------------------------------------------------------------------ helpers
 
@@ -694,7 +562,7 @@ class TokenManager:
         self._failures.pop(key, None)
         self._rejected.pop(key, None)
         self._invalidated.pop(key, None)
-        self._unsaved.pop(key, None)
+        self._saver.forget(key)
 
     def _check_open(self) -> None:
         if self._closed:
