@@ -1,0 +1,289 @@
+"""The commands that work on a store: ``status``, ``add`` and ``refresh``.
+
+``--store`` is a JSON file path or a ``redis://`` URL; ``add`` and ``refresh`` also build the
+provider named by ``--provider``, with its secrets from the environment or a prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from .._errors import StoreError
+from .._manager import TokenManager
+from .._secrets import mask
+from .._token import Token
+from ..providers import ERPeasyProvider, KeliwebProvider, OAuth2Provider, Provider
+from ..stores._base import TokenStore
+from ._exit import EXIT_OK, EXIT_STORE, EXIT_TOKEN, EXIT_USAGE, CliError
+from ._output import Style, _token_line, human_delta
+from ._secrets import ENV_CLIENT_SECRET, ENV_PASSWORD, ENV_REFRESH_TOKEN, read_secret
+
+__all__ = ["build_provider", "cmd_add", "cmd_refresh", "cmd_status", "open_store"]
+
+
+# --------------------------------------------------------------------------- stores and providers
+
+
+def _is_redis_url(target: str) -> bool:
+    return target.startswith(("redis://", "rediss://", "unix://"))
+
+
+def _store_label(target: str) -> str:
+    """The store argument as it may be printed: a Redis URL without its password."""
+    if not _is_redis_url(target):
+        return target
+    from yarl import URL
+
+    url = URL(target)
+    return str(url.with_password(None)) if url.password is not None else target
+
+
+def open_store(args: argparse.Namespace, *, must_exist: bool) -> TokenStore:
+    """Open ``--store``: a ``redis://`` or ``rediss://`` URL, else a JSON file path.
+
+    Raises:
+        CliError: the file does not exist although it must (exit code 3).
+    """
+    target: str = args.store
+    if _is_redis_url(target):
+        try:
+            from ..stores import RedisStore
+        except ImportError as exc:  # the redis extra is not installed
+            raise CliError(
+                f"cannot open a Redis store: {exc}; install asynctoken[redis]", EXIT_STORE
+            ) from exc
+        if args.prefix is None:
+            return RedisStore(target)
+        return RedisStore(target, prefix=args.prefix)
+    if args.prefix is not None:
+        raise CliError("--prefix applies to Redis stores only", EXIT_USAGE)
+    if must_exist and not os.path.exists(target):
+        raise CliError(f"store file not found: {target}", EXIT_STORE)
+    if os.path.isdir(target):
+        raise CliError(f"store path is a directory, not a file: {target}", EXIT_STORE)
+    from ..stores import FileStore
+
+    return FileStore(target)
+
+
+def _check_provider_args(args: argparse.Namespace) -> None:
+    """Usage errors that must surface before any prompt for a secret."""
+    if args.provider == "oauth2" and args.token_url is None:
+        raise CliError("--token-url is required with --provider oauth2", EXIT_USAGE)
+
+
+def build_provider(args: argparse.Namespace, *, password_grant: bool) -> Provider:
+    """The provider named by ``--provider``, with the client secret from env or a prompt."""
+    name: str = args.provider
+    token_url: str | None = args.token_url
+    _check_provider_args(args)
+    secret = read_secret(ENV_CLIENT_SECRET, "client secret")
+    password = read_secret(ENV_PASSWORD, "password") if password_grant else None
+    url_kw: dict[str, Any] = {} if token_url is None else {"token_url": token_url}
+    if name == "keliweb":
+        username = getattr(args, "username", None) if password_grant else None
+        return KeliwebProvider(args.client_id, secret, username, password, **url_kw)
+    if name == "erpeasy":
+        if password_grant:
+            return ERPeasyProvider(
+                args.client_id, secret, args.email, password, args.company, **url_kw
+            )
+        return ERPeasyProvider(args.client_id, secret, **url_kw)
+    assert token_url is not None
+    if password_grant:
+        return OAuth2Provider(
+            token_url, args.client_id, secret, username=args.username, password=password
+        )
+    return OAuth2Provider(token_url, args.client_id, secret)
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    key: str
+    provider: str | None
+    state: str  # "valid", "expired", "never_refreshed"
+    expires_at: float | None
+    refresh_token: str | None
+    token_type: str
+    scope: str | None
+    access_token: str
+
+    @classmethod
+    def of(cls, key: str, token: Token, now: float) -> _Row:
+        if not token.access_token:
+            state, expires_at = "never_refreshed", None
+        else:
+            expires_at = token.expires_at
+            state = "valid" if expires_at > now else "expired"
+        return cls(
+            key=key,
+            provider=token.provider,
+            state=state,
+            expires_at=expires_at,
+            refresh_token=token.refresh_token,
+            token_type=token.token_type,
+            scope=token.scope,
+            access_token=token.access_token,
+        )
+
+    def as_json(self, now: float) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "provider": self.provider,
+            "state": self.state,
+            "expires_at": self.expires_at,
+            "expires_in": None if self.expires_at is None else round(self.expires_at - now, 3),
+            "token_type": self.token_type,
+            "scope": self.scope,
+            "access_token": mask(self.access_token) if self.access_token else None,
+            "has_refresh_token": bool(self.refresh_token),
+            "refresh_token": mask(self.refresh_token) if self.refresh_token else None,
+        }
+
+    def as_text(self, now: float, style: Style, key_width: int) -> str:
+        if self.expires_at is None:
+            expiry = style.yellow(f"{'never refreshed':<20}")
+        else:
+            remaining = self.expires_at - now
+            text = f"{human_delta(remaining):<20}"
+            expiry = (
+                style.green(text)
+                if remaining > 300
+                else (style.yellow(text) if remaining > 0 else style.red(text))
+            )
+        refresh = f"yes ({mask(self.refresh_token)})" if self.refresh_token else style.red("no")
+        return f"{self.key:<{key_width}}  {self.provider or '?':<9}  {expiry}  {refresh}"
+
+
+async def cmd_status(args: argparse.Namespace, style: Style, out: TextIO) -> int:
+    """List the credentials of a store, one record in memory at a time."""
+    store = open_store(args, must_exist=True)
+    label = _store_label(args.store)
+    key_width = 24
+    seen: set[str] = set()  # Redis SCAN may yield a key twice
+    header = f"{'KEY':<{key_width}}  {'PROVIDER':<9}  {'ACCESS TOKEN':<20}  REFRESH TOKEN"
+    try:
+        async for key in store.keys():
+            if key in seen:
+                continue
+            token = await store.get(key)
+            if token is None:  # deleted while we iterate
+                continue
+            now = time.time()
+            row = _Row.of(key, token, now)
+            # Nothing is printed before the first record: a failing store prints only an error.
+            if args.json:
+                out.write(("[\n  " if not seen else ",\n  ") + json.dumps(row.as_json(now)))
+            else:
+                if not seen:
+                    out.write(style.bold(header) + "\n")
+                out.write(row.as_text(now, style, key_width) + "\n")
+            seen.add(key)
+            out.flush()
+        if args.json:
+            out.write("\n]\n" if seen else "[]\n")
+        else:
+            plural = "" if len(seen) == 1 else "s"
+            out.write(style.dim(f"{len(seen)} credential{plural} in {label}") + "\n")
+    finally:
+        await store.aclose()
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- add and refresh
+
+
+def _wants_password_grant(args: argparse.Namespace) -> bool:
+    if args.provider == "erpeasy":
+        given = [args.email is not None, args.company is not None]
+        if any(given) and not all(given):
+            raise CliError("ERPeasy's password grant needs both --email and --company", EXIT_USAGE)
+        if args.username is not None:
+            raise CliError("use --email and --company with --provider erpeasy", EXIT_USAGE)
+        return all(given)
+    if args.email is not None or args.company is not None:
+        raise CliError("--email and --company apply to --provider erpeasy only", EXIT_USAGE)
+    return args.username is not None
+
+
+async def cmd_add(args: argparse.Namespace, style: Style, out: TextIO) -> int:
+    """Bootstrap a credential from a refresh token or the password grant and store it.
+
+    The first token is fetched through a throw-away in-memory manager and only then written to
+    the store, so a rejected refresh token or password never replaces a working credential.
+    """
+    password_grant = _wants_password_grant(args)
+    _check_provider_args(args)
+    store = open_store(args, must_exist=False)
+    name: str = args.name
+    try:
+        if await store.get(name) is not None and not args.overwrite:
+            raise CliError(
+                f"the store already holds a credential named {name!r}; pass --overwrite to "
+                "replace it",
+                EXIT_USAGE,
+            )
+        refresh_token = None
+        if not password_grant:
+            refresh_token = read_secret(ENV_REFRESH_TOKEN, "refresh token")
+        provider = build_provider(args, password_grant=password_grant)
+        async with TokenManager() as bootstrap:
+            await bootstrap.add(name, provider, refresh_token=refresh_token)
+            token = await bootstrap.refresh(name)
+        try:
+            async with store.lock(name, timeout=60.0):
+                if args.overwrite:
+                    await store.put(name, token)
+                elif not await store.put_if_absent(name, token):
+                    raise CliError(
+                        f"a credential named {name!r} appeared in the store meanwhile and was "
+                        "kept; the token just obtained is discarded",
+                        EXIT_USAGE,
+                    )
+        except StoreError as exc:
+            lost = "" if password_grant else "; the refresh token given was used up by the server"
+            raise CliError(
+                f"store: {exc}. The new token could not be saved{lost}", EXIT_STORE
+            ) from exc
+    finally:
+        await store.aclose()
+    grant = "password grant" if password_grant else "refresh token"
+    out.write(f"{style.green('added')} {name!r} to {_store_label(args.store)} ({grant})\n")
+    out.write(_token_line(token, style) + "\n")
+    if not token.refresh_token:
+        out.write(style.yellow("warning: the endpoint issued no refresh token") + "\n")
+    return EXIT_OK
+
+
+async def cmd_refresh(args: argparse.Namespace, style: Style, out: TextIO) -> int:
+    """Force one refresh of a stored credential through the given provider."""
+    _check_provider_args(args)
+    store = open_store(args, must_exist=True)
+    name: str = args.name
+    async with TokenManager(store=store) as manager:  # closes the store
+        stored = await store.get(name)
+        if stored is None:
+            raise CliError(
+                f"no credential named {name!r} in {_store_label(args.store)}; create it with "
+                "'asynctoken add'",
+                EXIT_TOKEN,
+            )
+        if stored.provider is not None and stored.provider != args.provider:
+            raise CliError(
+                f"credential {name!r} was issued by {stored.provider!r}, not {args.provider!r}",
+                EXIT_USAGE,
+            )
+        provider = build_provider(args, password_grant=False)
+        await manager.add(name, provider)
+        token = await manager.refresh(name)
+    out.write(f"{style.green('refreshed')} {name!r} in {_store_label(args.store)}\n")
+    out.write(_token_line(token, style) + "\n")
+    return EXIT_OK
