@@ -18,7 +18,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """Ruff: lint and formatting."""
-    session.install("ruff>=0.6")
+    session.install("ruff==0.17.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
 
@@ -26,7 +26,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict over the package and the public-API typing checks."""
-    session.install("-e", ".[redis,test]", "mypy>=1.11", "types-cachetools")
+    session.install("-e", ".[redis,test]", "mypy==2.4.1", "types-cachetools==7.0.0.20260713")
     session.run("mypy", "--strict")
 
 
