@@ -17,7 +17,6 @@ from asynctoken import (
     TokenEndpointError,
     TransientError,
 )
-from asynctoken.providers._cookies import find_cookie
 from asynctoken.providers._headers import parse_retry_after
 from asynctoken.providers._parse import (
     MAX_DESCRIPTION_CHARS,
@@ -209,46 +208,3 @@ def test_retry_after_is_none_or_a_sane_delay(value: str, date: str | None) -> No
     hdrs = {"Retry-After": value} if date is None else {"Retry-After": value, "Date": date}
     delay = parse_retry_after(hdrs, now=1_700_000_000.0)
     assert delay is None or (math.isfinite(delay) and delay >= 0)
-
-
-cookie_values = st.text(
-    alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters='";,\\'),
-    min_size=1,
-    max_size=60,
-)
-attributes = st.lists(
-    st.sampled_from(
-        [
-            "Path=/oauth/token",
-            "Domain=api.erpeasy.compels.net",
-            "Secure",
-            "HttpOnly",
-            "SameSite=Lax",
-            "Max-Age=3600",
-            "Expires=Wed, 21 Oct 2099 07:28:00 GMT",
-        ]
-    ),
-    max_size=5,
-)
-
-
-@SETTINGS
-@given(
-    value=cookie_values,
-    attrs=attributes,
-    others=st.lists(st.text(max_size=60), max_size=3),
-)
-def test_refresh_cookie_is_found_among_noise(
-    value: str, attrs: list[str], others: list[str]
-) -> None:
-    header = "; ".join([f"refresh_token={value}", *attrs])
-    # Noise headers that do not themselves set refresh_token, before ours.
-    noise = [o for o in others if "refresh_token" not in o]
-    assert find_cookie([*noise, header], "refresh_token", now=0.0) == value
-
-
-@SETTINGS
-@given(headers_list=st.lists(st.text(max_size=80), max_size=4))
-def test_find_cookie_never_raises(headers_list: list[str]) -> None:
-    result = find_cookie(headers_list, "refresh_token", now=1_700_000_000.0)
-    assert result is None or isinstance(result, str)

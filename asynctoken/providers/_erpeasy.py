@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
+from http.cookies import Morsel
 from typing import Literal
 
 from .._errors import ConfigurationError, InvalidGrantError
 from .._token import Token
 from ._common import BaseTokenProvider, basic_authorization
-from ._cookies import find_cookie, is_cookie_value_safe
+from ._headers import http_date
 from ._http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     RawResponse,
@@ -24,6 +26,39 @@ logger = logging.getLogger("asynctoken.providers")
 
 REFRESH_COOKIE = "refresh_token"
 _REFRESH_TOKEN_IN = ("both", "cookie", "body")
+_COOKIE_OCTETS = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
+_MAX_AGE = re.compile(r"-?[0-9]+")
+
+
+def is_cookie_value_safe(value: str) -> bool:
+    """Whether ``value`` can be sent as a cookie value unquoted (RFC 6265 ``cookie-octet``s)."""
+    return _COOKIE_OCTETS.fullmatch(value) is not None
+
+
+def _attribute(morsel: Morsel[str], name: str) -> str | None:
+    value = morsel.get(name)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _is_live(morsel: Morsel[str], now: float) -> bool:
+    """False for a deletion cookie: empty value, ``Max-Age`` ≤ 0, or ``Expires`` before ``now``.
+
+    An unparsable ``Max-Age`` or ``Expires`` is ignored.
+    """
+    if not morsel.value:
+        return False
+    max_age = _attribute(morsel, "max-age")
+    if max_age is not None and _MAX_AGE.fullmatch(max_age):
+        # Max-Age wins over Expires (RFC 6265 §5.3 step 3).
+        return int(max_age) > 0
+    expires = _attribute(morsel, "expires")
+    if expires is not None:
+        when = http_date(expires)
+        if when is not None:
+            return when > now
+    return True
 
 
 class ERPeasyProvider(BaseTokenProvider):
@@ -32,9 +67,11 @@ class ERPeasyProvider(BaseTokenProvider):
     Client credentials go in ``Authorization: Basic base64(client_id:client_secret)``. The
     refresh token is sent as a ``Cookie: refresh_token=…`` header built here (and, by default,
     also as a body field), and the rotated one is read only from the answer's
-    ``Set-Cookie: refresh_token=…`` header, parsed here too: the session's cookie jar is never
-    involved. Every other field of the answer (``user_id``, ``company_id``,
-    ``company_document``, ``company_name``, ``jti``, …) is kept in :attr:`Token.extra`.
+    ``Set-Cookie: refresh_token=…`` header, as aiohttp's own Set-Cookie parser reads it
+    (:attr:`aiohttp.ClientResponse.cookies`): the session's cookie jar is never involved, so
+    ``Domain``, ``Path`` and ``Secure`` do not hide it. Every other field of the answer
+    (``user_id``, ``company_id``, ``company_document``, ``company_name``, ``jti``, …) is kept
+    in :attr:`Token.extra`.
 
     Args:
         client_id: the client id ERPeasy issued (must not contain ``:``).
@@ -164,14 +201,25 @@ class ERPeasyProvider(BaseTokenProvider):
     ) -> Token:
         """Parse the answer and take the new refresh token from ``Set-Cookie: refresh_token``.
 
-        The cookie wins over a ``refresh_token`` JSON field; a deletion cookie (empty value,
-        ``Max-Age=0``, past ``Expires``) is not a refresh token.
+        The cookie wins over a ``refresh_token`` JSON field. When several ``Set-Cookie`` headers
+        set ``refresh_token``, the last one counts. A deletion cookie (empty value,
+        ``Max-Age`` ≤ 0, ``Expires`` before ``issued_at``) is not a refresh token, nor is a value
+        that a cookie cannot carry.
         """
         token = super().parse_response(response, request=request, issued_at=issued_at)
-        cookie = find_cookie(response.set_cookies, REFRESH_COOKIE, now=issued_at)
-        if cookie is not None:
-            return token.with_refresh_token(cookie)
-        if token.refresh_token is None and request.grant_type == "refresh_token":
+        morsel = response.cookies.get(REFRESH_COOKIE)
+        if morsel is not None and _is_live(morsel, issued_at):
+            if is_cookie_value_safe(morsel.value):
+                return token.with_refresh_token(morsel.value)
+            # Most likely a proxy folded several Set-Cookie headers into one line: aiohttp then
+            # keeps a trailing comma, or (3.14.4 and later: one cookie per line) lets the value
+            # run on into the next cookie. Storing that would replace a good token with garbage.
+            logger.warning(
+                "erpeasy: ignored the refresh_token cookie from %s: its value is not a valid "
+                "cookie value (were several Set-Cookie headers folded into one?)",
+                endpoint_host(self.token_url),
+            )
+        elif token.refresh_token is None and request.grant_type == "refresh_token":
             # ERPeasy rotates refresh tokens; a missing cookie usually means a proxy dropped it.
             logger.warning(
                 "erpeasy: token answer from %s carried no refresh_token cookie; "

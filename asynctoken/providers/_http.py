@@ -7,6 +7,7 @@ import ipaddress
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from http.cookies import CookieError, Morsel
 
 import aiohttp
 from yarl import URL
@@ -66,19 +67,21 @@ class TokenRequest:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class RawResponse:
-    """What came back: status, headers and at most ``max_response_bytes + 1`` bytes of body.
+    """What came back: status, headers, cookies, at most ``max_response_bytes + 1`` body bytes.
 
     Attributes:
         status: the HTTP status code.
         headers: the response headers (case-insensitive when they come from aiohttp).
         body: the body, possibly cut one byte past the size limit.
-        set_cookies: every ``Set-Cookie`` header, in order.
+        cookies: the cookies this answer's ``Set-Cookie`` headers set, by name (the last one of
+            a name wins), as aiohttp parsed them (:attr:`aiohttp.ClientResponse.cookies`): no
+            cookie jar was involved, so ``Domain``, ``Path`` and ``Secure`` filtered nothing.
     """
 
     status: int
     headers: Mapping[str, str]
     body: bytes
-    set_cookies: tuple[str, ...] = ()
+    cookies: Mapping[str, Morsel[str]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"RawResponse(status={self.status!r}, body_bytes={len(self.body)})"
@@ -206,6 +209,17 @@ async def _read_limited(content: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _response_cookies(resp: aiohttp.ClientResponse) -> dict[str, Morsel[str]]:
+    # ClientResponse.cookies parses this answer's own Set-Cookie headers with aiohttp's lenient
+    # parser, independently of the session's cookie jar.
+    try:
+        return dict(resp.cookies)
+    except CookieError:
+        # aiohttp releases without aio-libs/aiohttp#12395 let a CPython patched for
+        # CVE-2026-3644 raise here on a control character in a cookie: no usable cookie then.
+        return {}
+
+
 async def send_token_request(
     session: aiohttp.ClientSession,
     request: TokenRequest,
@@ -239,7 +253,7 @@ async def send_token_request(
                 status=resp.status,
                 headers=resp.headers,
                 body=body,
-                set_cookies=tuple(resp.headers.getall("Set-Cookie", ())),
+                cookies=_response_cookies(resp),
             )
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
         host = endpoint_host(request.url)
