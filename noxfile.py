@@ -15,6 +15,22 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
 
 
+@nox.session(python=["3.12", "3.13"])
+def core(session: nox.Session) -> None:
+    """The manager's tests on newer Pythons, where refreshes start eagerly (3.12+)."""
+    session.install("-e", ".[redis,test]")
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_manager.py",
+        "tests/test_middleware.py",
+        "tests/test_many_tenants.py",
+        "tests/test_manager_redis.py",
+        *session.posargs,
+    )
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """Ruff: lint and formatting."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import cachetools
@@ -9,7 +10,7 @@ import cachetools
 from ._errors import TokenError
 from ._token import Token
 
-__all__ = ["Entry", "Failure", "HotCache"]
+__all__ = ["Entry", "Failure", "Flight", "HotCache"]
 
 
 class Entry:
@@ -70,3 +71,49 @@ class HotCache(cachetools.TLRUCache[str, "Entry"]):
 
 def _entry_ttu(_key: str, entry: Entry, _now: float) -> float:
     return entry.expired_at
+
+
+class Flight:
+    """One refresh in flight: the manager's task and the futures its callers wait on.
+
+    Each caller gets a future of its own, so cancelling a caller cancels only that future, never
+    the task (the guarantee of :func:`asyncio.shield`). When the task ends, :meth:`settle` sets
+    every waiting future in one pass.
+    """
+
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: asyncio.Task[Token]) -> None:
+        self.task = task
+        self.waiters: list[asyncio.Future[Token]] = []
+
+    async def join(self) -> Token:
+        """Wait for the refresh's result (or exception) without being able to cancel it."""
+        task = self.task
+        if task.done():  # finished, and settle() may already have run
+            return task.result()
+        waiter: asyncio.Future[Token] = task.get_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # settled just before the cancel: mark it retrieved
+            raise
+
+    def settle(self) -> None:
+        """Pass the finished task's outcome to every caller still waiting."""
+        task = self.task
+        waiters, self.waiters = self.waiters, []
+        if task.cancelled():
+            for waiter in waiters:
+                waiter.cancel()
+            return
+        error = task.exception()  # also marks it retrieved when every caller was cancelled
+        for waiter in waiters:
+            if waiter.done():  # its caller was cancelled
+                continue
+            if error is None:
+                waiter.set_result(task.result())
+            else:
+                waiter.set_exception(error)

@@ -5,8 +5,10 @@ Concurrency rules, all in this module:
 * **Hot path.** A fresh cached token is returned by a plain dict lookup and one clock read: no
   lock, no task, no await of anything else.
 * **Single flight.** A refresh is one :class:`asyncio.Task` per credential key, owned by the
-  manager and awaited by every caller through :func:`asyncio.shield`; cancelling any caller, or
-  all of them, never cancels the refresh, so its answer is always parsed, saved and cached.
+  manager. Each caller waits on a future of its own that the task settles (what
+  :func:`asyncio.shield` does, with one callback for all callers instead of three per caller);
+  cancelling any caller, or all of them, never cancels the refresh, so its answer is always
+  parsed, saved and cached.
 * **Across processes.** Inside that task the store's per-key lock is taken and the stored
   credential re-read before any request, so among all processes sharing a store only one calls
   the token endpoint per expiry; the others pick up the winner's token.
@@ -20,6 +22,7 @@ import asyncio
 import copy
 import inspect
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 import aiohttp
 import cachetools
 
-from ._cache import Entry, Failure, HotCache
+from ._cache import Entry, Failure, Flight, HotCache
 from ._clock import Clock, SystemClock
 from ._errors import (
     ConfigurationError,
@@ -168,7 +171,7 @@ class TokenManager:
         self._cache = HotCache(cache_size, self._monotonic, self._hot)
         self._providers: dict[str, Provider] = {}
         self._resolved: cachetools.LRUCache[str, Provider] = cachetools.LRUCache(cache_size)
-        self._inflight: dict[str, asyncio.Task[Token]] = {}
+        self._inflight: dict[str, Flight] = {}
         self._failures: dict[str, Failure] = {}
         self._rejected: dict[str, str] = {}
         self._saver = RotationSaver(self._store)
@@ -297,10 +300,8 @@ class TokenManager:
         Joins a refresh already in flight for ``key`` rather than starting a second one.
         """
         self._check_open()
-        task = self._inflight.get(key)
-        if task is None:
-            task = self._start(key, force=True, background=False)
-        return await asyncio.shield(task)
+        flight = self._inflight.get(key) or self._start(key, force=True, background=False)
+        return await flight.join()
 
     async def remove(self, key: str) -> bool:
         """Forget ``key`` everywhere: store, cache and registration (e.g. off-boarding a tenant).
@@ -309,9 +310,9 @@ class TokenManager:
             Whether the store held a credential for ``key``.
         """
         self._check_open()
-        task = self._inflight.get(key)
-        if task is not None:
-            await asyncio.wait({task})
+        flight = self._inflight.get(key)
+        if flight is not None:
+            await asyncio.wait({flight.task})
         self._providers.pop(key, None)
         self._resolved.pop(key, None)
         self._forget(key)
@@ -345,7 +346,7 @@ class TokenManager:
         if self._closed:
             return
         self._closed = True
-        tasks = list(self._inflight.values())
+        tasks = [flight.task for flight in self._inflight.values()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self._close_timeout)
             for task in pending:
@@ -391,31 +392,43 @@ class TokenManager:
                 if failure is None or now >= failure.until:
                     self._start(key, force=False, background=True)
             return entry.token
-        task = self._inflight.get(key)
-        if task is None:
+        flight = self._inflight.get(key)
+        if flight is None:
             failure = self._failures.get(key)
             if failure is not None and failure.final and now < failure.until:
                 # Fail fast without hammering the server; a copy keeps tracebacks from piling up.
                 error = copy.copy(failure.error)
                 error.__traceback__ = None
                 raise error
-            task = self._start(key, force=False, background=False)
-        return await asyncio.shield(task)
+            flight = self._start(key, force=False, background=False)
+        return await flight.join()
 
-    def _start(self, key: str, *, force: bool, background: bool) -> asyncio.Task[Token]:
-        task = asyncio.get_running_loop().create_task(
-            self._refresh(key, force=force, background=background), name=f"asynctoken-refresh:{key}"
-        )
-        self._inflight[key] = task
-        task.add_done_callback(lambda t: self._finished(key, t, background))
-        return task
+    def _start(self, key: str, *, force: bool, background: bool) -> Flight:
+        coro = self._refresh(key, force=force, background=background)
+        name = f"asynctoken-refresh:{key}"
+        loop = asyncio.get_running_loop()
+        if sys.version_info >= (3, 12):
+            # Start the refresh right away, in this caller's step, instead of behind every
+            # caller already queued: in a stampede the token request goes out first.
+            task = asyncio.Task(coro, loop=loop, name=name, eager_start=True)
+        else:
+            task = loop.create_task(coro, name=name)
+        flight = Flight(task)
+        if task.done():  # an eager start that finished without suspending (a store hit)
+            self._finished(key, flight, background)
+            return flight
+        self._inflight[key] = flight
+        task.add_done_callback(lambda t: self._finished(key, flight, background))
+        return flight
 
-    def _finished(self, key: str, task: asyncio.Task[Token], background: bool) -> None:
-        if self._inflight.get(key) is task:
+    def _finished(self, key: str, flight: Flight, background: bool) -> None:
+        if self._inflight.get(key) is flight:
             del self._inflight[key]
+        flight.settle()  # wakes every caller; the bookkeeping below runs before they resume
+        task = flight.task
         if task.cancelled():
             return
-        error = task.exception()  # also marks it retrieved when every waiter was cancelled
+        error = task.exception()
         if error is None:
             self._failures.pop(key, None)
             return
