@@ -14,14 +14,15 @@ __all__ = ["Entry", "Failure", "Flight", "HotCache"]
 
 
 class Entry:
-    """A cached token with its monotonic deadlines."""
+    """A cached token with its monotonic deadlines, and the timer that ends its freshness."""
 
-    __slots__ = ("expired_at", "stale_at", "token")
+    __slots__ = ("expired_at", "stale_at", "timer", "token")
 
     def __init__(self, token: Token, stale_at: float, expired_at: float) -> None:
         self.token = token
         self.stale_at = stale_at
         self.expired_at = expired_at
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class Failure:
@@ -38,35 +39,63 @@ class Failure:
 class HotCache(cachetools.TLRUCache[str, "Entry"]):
     """Bounded cache of access tokens whose entries also leave when their token expires.
 
-    Every insert and removal is mirrored into a plain dict, which is what the hot path reads:
-    cachetools' own ``__getitem__`` costs several Python calls, the dict one C call. Eviction only
-    ever costs a store re-read: refresh tokens live in the store, never only here.
+    Every insert and removal is mirrored into plain dicts, which is what the hot path reads:
+    cachetools' own ``__getitem__`` costs several Python calls, a dict one C call. ``entries``
+    mirrors the cache; ``fresh`` holds the tokens of entries that are still fresh (the manager
+    adds them and a loop timer takes them out when they turn stale). Eviction only ever costs a
+    store re-read: refresh tokens live in the store, never only here.
     """
 
-    def __init__(self, maxsize: int, timer: Callable[[], float], mirror: dict[str, Entry]):
+    def __init__(
+        self,
+        maxsize: int,
+        timer: Callable[[], float],
+        entries: dict[str, Entry],
+        fresh: dict[str, Token],
+    ) -> None:
         super().__init__(maxsize, ttu=_entry_ttu, timer=timer)
-        self._mirror = mirror
+        self._entries = entries
+        self._fresh = fresh
 
     def __setitem__(self, key: str, value: Entry) -> None:
+        old = self._entries.get(key)
         super().__setitem__(key, value)
+        if old is not None and old is not value:
+            _retire(old)
+        self._fresh.pop(key, None)
         if cachetools.Cache.__contains__(self, key):
-            self._mirror[key] = value
+            self._entries[key] = value
         else:  # already expired: TLRUCache refuses it
-            self._mirror.pop(key, None)
+            self._entries.pop(key, None)
 
     def __delitem__(self, key: str) -> None:
         super().__delitem__(key)
-        self._mirror.pop(key, None)
+        self._removed(key)
 
     def expire(self, time: float | None = None) -> list[tuple[str, Entry]]:
         expired: list[tuple[str, Entry]] = list(super().expire(time))
         for key, _ in expired:
-            self._mirror.pop(key, None)
+            self._removed(key)
         return expired
 
     def clear(self) -> None:
         super().clear()
-        self._mirror.clear()
+        for entry in self._entries.values():
+            _retire(entry)
+        self._entries.clear()
+        self._fresh.clear()
+
+    def _removed(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            _retire(entry)
+        self._fresh.pop(key, None)
+
+
+def _retire(entry: Entry) -> None:
+    if entry.timer is not None:
+        entry.timer.cancel()
+        entry.timer = None
 
 
 def _entry_ttu(_key: str, entry: Entry, _now: float) -> float:

@@ -2,8 +2,9 @@
 
 Concurrency rules, all in this module:
 
-* **Hot path.** A fresh cached token is returned by a plain dict lookup and one clock read: no
-  lock, no task, no await of anything else.
+* **Hot path.** A fresh cached token is returned by one dict lookup: no lock, no task, no await
+  of anything else, not even a clock read (a loop timer takes the token out of that dict when it
+  turns stale; with an injected clock, the clock is read instead).
 * **Single flight.** A refresh is one :class:`asyncio.Task` per credential key, owned by the
   manager. Each caller waits on a future of its own that the task settles (what
   :func:`asyncio.shield` does, with one callback for all callers instead of three per caller);
@@ -112,6 +113,8 @@ class TokenManager:
         "_cooldown",
         "_factory",
         "_failures",
+        "_fresh",
+        "_fresh_timers",
         "_hot",
         "_inflight",
         "_invalidate_interval",
@@ -168,7 +171,11 @@ class TokenManager:
         self._monotonic = self._clock.monotonic
         self._wall = self._clock.time
         self._hot: dict[str, Entry] = {}
-        self._cache = HotCache(cache_size, self._monotonic, self._hot)
+        self._fresh: dict[str, Token] = {}
+        self._cache = HotCache(cache_size, self._monotonic, self._hot, self._fresh)
+        # With the system clock, freshness ends by a loop timer and the hot path reads no clock;
+        # an injected clock is read on every call instead (the loop cannot follow a fake clock).
+        self._fresh_timers = isinstance(self._clock, SystemClock)
         self._providers: dict[str, Provider] = {}
         self._resolved: cachetools.LRUCache[str, Provider] = cachetools.LRUCache(cache_size)
         self._inflight: dict[str, Flight] = {}
@@ -199,10 +206,10 @@ class TokenManager:
             MalformedResponseError: the endpoint answered with something that is not a token.
             StoreError: the store failed.
         """
-        entry = self._hot.get(key)
-        if entry is not None and self._monotonic() < entry.stale_at:
-            return entry.token
-        return await self._get_slow(key, entry)
+        token = self._fresh.get(key)
+        if token is not None:
+            return token
+        return await self._get_slow(key)
 
     async def add(
         self,
@@ -382,9 +389,15 @@ class TokenManager:
 
     # ------------------------------------------------------------------ slow path
 
-    async def _get_slow(self, key: str, entry: Entry | None) -> Token:
+    async def _get_slow(self, key: str) -> Token:
         self._check_open()
+        entry = self._hot.get(key)
         now = self._monotonic()
+        if entry is not None and now < entry.stale_at:
+            # Fresh: an injected clock, or the freshness timer fired a little early.
+            if self._fresh_timers and entry.timer is None:
+                self._remember(key, entry)
+            return entry.token
         if entry is not None and now < entry.expired_at:
             # Stale: serve it, refresh in the background once.
             if key not in self._inflight:
@@ -486,7 +499,7 @@ class TokenManager:
                 token = token.with_refresh_token(old_refresh)  # RFC 6749 §6: keep the old one
             await self._saver.save(key, token, stored)
         self._rejected.pop(key, None)
-        self._cache[key] = self._entry(token, issued_mono, issued_wall)
+        self._remember(key, self._entry(token, issued_mono, issued_wall))
         logger.info(
             "credential %r refreshed: access token %s, expires in %.0f s, refresh token %s",
             key,
@@ -513,8 +526,24 @@ class TokenManager:
         entry = self._entry(stored, now_mono, now_wall)
         if now_mono >= (entry.stale_at if need_fresh else entry.expired_at):
             return None
-        self._cache[key] = entry
+        self._remember(key, entry)
         return stored
+
+    def _remember(self, key: str, entry: Entry) -> None:
+        """Cache ``entry``; while it is fresh, serve it from the hot path's dict."""
+        self._cache[key] = entry
+        if self._fresh_timers and self._hot.get(key) is entry:
+            delay = entry.stale_at - self._monotonic()
+            if delay > 0:
+                loop = asyncio.get_running_loop()
+                entry.timer = loop.call_later(delay, self._demote, key, entry)
+                self._fresh[key] = entry.token
+
+    def _demote(self, key: str, entry: Entry) -> None:
+        """Timer callback: ``entry`` turned stale, the next call takes the slow path."""
+        entry.timer = None
+        if self._hot.get(key) is entry:
+            self._fresh.pop(key, None)
 
     def _entry(self, token: Token, mono: float, wall: float) -> Entry:
         """Deadlines of ``token`` on the monotonic clock, given a (monotonic, wall) pair."""

@@ -841,3 +841,52 @@ async def test_store_outage_spares_valid_tokens_and_recovers(server: FakeOAuthSe
         new = await tm.get_token("k")
     assert new.access_token != token.access_token
     assert server.reuse_detected == 0
+
+
+class DemoteWatcher(TokenManager):
+    """Signals when a freshness timer fires."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.demoted = asyncio.Event()
+
+    def _demote(self, key: str, entry: Any) -> None:
+        super()._demote(key, entry)
+        self.demoted.set()
+
+
+async def test_freshness_ends_with_a_loop_timer_on_the_system_clock(
+    fake_oauth_server: Any,
+) -> None:
+    server = await fake_oauth_server("keliweb", expires_in=2)
+    async with DemoteWatcher(retry=FAST_RETRY) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        token = await tm.get_token("k")
+        entry = tm._hot["k"]
+        assert entry.timer is not None
+        # Stale after 75 % of the lifetime: the timer is due then, not earlier.
+        assert entry.timer.when() - asyncio.get_running_loop().time() > 1.0
+        assert run_sync(tm.get_token("k")) is token
+        await asyncio.wait_for(tm.demoted.wait(), 5)
+        # Now stale: the same token at once, and one background refresh.
+        server.hold()
+        assert run_sync(tm.get_token("k")) is token
+        assert run_sync(tm.get_token("k")) is token
+        await server.wait_for_token_requests(2)
+        (refresh,) = refresh_tasks("k")
+        server.release()
+        new = await refresh
+        assert tm._hot["k"].timer is not None
+        assert run_sync(tm.get_token("k")) is new
+    assert server.token_requests == 2
+
+
+async def test_evicted_and_closed_entries_leave_no_timer(server: FakeOAuthServer) -> None:
+    tm = TokenManager(retry=FAST_RETRY, cache_size=2)
+    for key in ("a", "b", "c"):
+        await tm.add(key, keliweb(server), refresh_token=server.issue_refresh_token())
+        await tm.get_token(key)
+    timers = [e.timer for e in tm._hot.values()]
+    assert len(timers) == 2
+    await tm.aclose()
+    assert all(t is not None and t.cancelled() for t in timers)
