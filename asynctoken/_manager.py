@@ -122,6 +122,7 @@ class TokenManager:
         "_lock_timeout",
         "_margins",
         "_monotonic",
+        "_provider_types",
         "_providers",
         "_rejected",
         "_resolved",
@@ -178,6 +179,7 @@ class TokenManager:
         self._fresh_timers = isinstance(self._clock, SystemClock)
         self._providers: dict[str, Provider] = {}
         self._resolved: cachetools.LRUCache[str, Provider] = cachetools.LRUCache(cache_size)
+        self._provider_types: set[type] = set()
         self._inflight: dict[str, Flight] = {}
         self._failures: dict[str, Failure] = {}
         self._rejected: dict[str, str] = {}
@@ -563,11 +565,14 @@ class TokenManager:
             if inspect.isawaitable(result):
                 result = await result
             if result is not None:
-                if not isinstance(result, Provider):
-                    raise ConfigurationError(
-                        f"provider_factory returned {type(result).__name__}, not a Provider",
-                        key=key,
-                    )
+                # A runtime Protocol check costs microseconds: do it once per provider class.
+                if type(result) not in self._provider_types:
+                    if not isinstance(result, Provider):
+                        raise ConfigurationError(
+                            f"provider_factory returned {type(result).__name__}, not a Provider",
+                            key=key,
+                        )
+                    self._provider_types.add(type(result))
                 self._resolved[key] = result
                 return result
         raise CredentialNotFoundError(

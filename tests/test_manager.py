@@ -890,3 +890,21 @@ async def test_evicted_and_closed_entries_leave_no_timer(server: FakeOAuthServer
     assert len(timers) == 2
     await tm.aclose()
     assert all(t is not None and t.cancelled() for t in timers)
+
+
+async def test_provider_factory_must_return_a_provider(server: FakeOAuthServer) -> None:
+    from asynctoken import ConfigurationError
+
+    def factory(key: str) -> Any:
+        return "not a provider" if key == "bad" else keliweb(server)
+
+    store = MemoryStore()
+    await store.put(
+        "good", Token(access_token="", expires_at=0, refresh_token=server.issue_refresh_token())
+    )
+    async with TokenManager(store=store, provider_factory=factory, retry=FAST_RETRY) as tm:
+        with pytest.raises(ConfigurationError, match="not a Provider"):
+            await tm.get_token("bad")
+        with pytest.raises(ConfigurationError, match="not a Provider"):
+            await tm.get_token("bad")  # the class check is cached only for good classes
+        assert server.is_valid_access_token((await tm.get_token("good")).access_token)
