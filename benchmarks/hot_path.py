@@ -1,0 +1,226 @@
+"""Hot path: ``await tm.get_token(key)`` for a fresh cached token.
+
+Compared, interleaved in one process, with:
+
+* the floor: awaiting a coroutine that does one dict lookup and one ``time.monotonic()`` call,
+  i.e. the least any cache of tokens can do;
+* Authlib: ``await client.ensure_active_token(client.token)`` on an ``AsyncOAuth2Client`` built
+  with a valid token (what ``client.get()`` does before every request);
+* gcloud-aio-auth: ``await token.get()`` on a ``Token`` whose cache was filled without network,
+  by a subclass whose ``refresh()`` returns a ``TokenResponse`` at once, called once through
+  ``acquire_access_token()`` before timing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from asynctoken import KeliwebProvider, Token, TokenManager
+from asynctoken.testing import FakeOAuthServer
+
+from . import _peers
+from ._harness import (
+    Batch,
+    Context,
+    Row,
+    ScenarioResult,
+    fmt_ns,
+    fmt_ratio,
+    interleaved,
+    judge,
+    median,
+    now_ns,
+    paired_ratio,
+)
+
+TITLE = "hot path (fresh cached token)"
+TARGET = 1.5
+
+
+class CachedToken:
+    """The floor's cache entry: a token and the monotonic time it turns stale."""
+
+    __slots__ = ("stale_at", "token")
+
+    def __init__(self, token: Token, stale_at: float) -> None:
+        self.token = token
+        self.stale_at = stale_at
+
+
+def make_floor(cache: dict[str, CachedToken]) -> Any:
+    """The floor: one dict lookup and one ``time.monotonic()`` call, in an awaited coroutine."""
+    monotonic = time.monotonic
+
+    async def floor(key: str) -> Token:
+        entry = cache.get(key)
+        if entry is not None and monotonic() < entry.stale_at:
+            return entry.token
+        raise LookupError(key)
+
+    return floor
+
+
+def asynctoken_batch(tm: TokenManager, key: str) -> Batch:
+    async def batch(n: int) -> int:
+        start = now_ns()
+        for _ in range(n):
+            await tm.get_token(key)
+        return now_ns() - start
+
+    return batch
+
+
+def floor_batch(floor: Any, key: str) -> Batch:
+    async def batch(n: int) -> int:
+        start = now_ns()
+        for _ in range(n):
+            await floor(key)
+        return now_ns() - start
+
+    return batch
+
+
+def authlib_batch(client: Any) -> Batch:
+    async def batch(n: int) -> int:
+        start = now_ns()
+        for _ in range(n):
+            await client.ensure_active_token(client.token)
+        return now_ns() - start
+
+    return batch
+
+
+def gcloud_batch(token: Any) -> Batch:
+    async def batch(n: int) -> int:
+        start = now_ns()
+        for _ in range(n):
+            await token.get()
+        return now_ns() - start
+
+    return batch
+
+
+def make_authlib_client(token: Token, token_url: str, client_id: str, secret: str) -> Any | None:
+    """An ``AsyncOAuth2Client`` holding ``token`` (valid), or ``None`` if Authlib is missing."""
+    client_class = _peers.authlib_async_client()
+    if client_class is None:
+        return None
+    return client_class(
+        client_id=client_id,
+        client_secret=secret,
+        token={
+            "access_token": token.access_token,
+            "token_type": "Bearer",
+            "refresh_token": token.refresh_token,
+            "expires_at": int(token.expires_at),
+        },
+        token_endpoint=token_url,
+        token_endpoint_auth_method="client_secret_post",
+    )
+
+
+async def make_gcloud_token(access_token: str) -> Any | None:
+    """A gcloud-aio-auth ``Token`` with a fresh cached access token, filled without network."""
+    classes = _peers.gcloud_token_classes()
+    if classes is None:
+        return None
+    base, response_class = classes
+
+    class PrefetchedToken(base):  # type: ignore[misc, valid-type]
+        """``refresh()`` answers at once: the cache is filled the library's own way."""
+
+        async def refresh(self, *, timeout: int) -> Any:
+            return response_class(value=access_token, expires_in=3600)
+
+    gtoken = PrefetchedToken()
+    await gtoken.acquire_access_token()
+    return gtoken
+
+
+async def run(ctx: Context) -> ScenarioResult:
+    target_ns = ctx.pick(20e6, 2e6)
+    key = "bench"
+    notes: list[str] = []
+    async with FakeOAuthServer("keliweb", expires_in=3600) as server, TokenManager() as tm:
+        provider = KeliwebProvider(
+            client_id=server.client_id,
+            client_secret=server.client_secret,
+            token_url=server.token_url,
+        )
+        await tm.add(key, provider, refresh_token=server.issue_refresh_token())
+        token = await tm.get_token(key)  # one real refresh: the token below is cached
+        floor = make_floor({key: CachedToken(token, time.monotonic() + 3000.0)})
+        contenders: dict[str, Batch] = {
+            "asynctoken": asynctoken_batch(tm, key),
+            "floor": floor_batch(floor, key),
+        }
+        client = make_authlib_client(token, server.token_url, server.client_id, "test-secret")
+        gtoken = await make_gcloud_token(token.access_token)
+        if client is not None:
+            contenders["authlib"] = authlib_batch(client)
+        if gtoken is not None:
+            contenders["gcloud"] = gcloud_batch(gtoken)
+        try:
+            samples = await interleaved(contenders, target_ns, ctx.repeats)
+        finally:
+            if client is not None:
+                await client.aclose()
+            if gtoken is not None:
+                await gtoken.close()
+    ours = median(samples["asynctoken"])
+    floor_ns = median(samples["floor"])
+    ratio = paired_ratio(samples["asynctoken"], samples["floor"])
+    rows = [
+        Row(
+            TITLE,
+            "await get_token: ns per call",
+            fmt_ns(ours),
+            f"floor {fmt_ns(floor_ns)}",
+            f"≤ {TARGET}× floor",
+            judge(ratio <= TARGET),
+            ratio,
+            "floor = awaited coroutine doing one dict lookup + time.monotonic()",
+            {"asynctoken_ns": samples["asynctoken"], "floor_ns": samples["floor"]},
+            limit=TARGET,
+        )
+    ]
+    rows.append(
+        peer_row(samples.get("authlib"), samples["asynctoken"], "Authlib ensure_active_token")
+    )
+    rows.append(peer_row(samples.get("gcloud"), samples["asynctoken"], "gcloud-aio-auth Token.get"))
+    notes.append(
+        "Authlib: AsyncOAuth2Client(client_id, client_secret, token={access_token, "
+        "refresh_token, token_type, expires_at=<int, 1 h ahead>}, token_endpoint=<fake server>, "
+        "token_endpoint_auth_method='client_secret_post'); timed call: "
+        "`await client.ensure_active_token(client.token)` (what client.get() runs per request)."
+    )
+    notes.append(
+        "gcloud-aio-auth: subclass of gcloud.aio.auth.Token whose refresh() returns "
+        "TokenResponse(value=<the same access token>, expires_in=3600) without network; "
+        "acquire_access_token() is called once to fill the cache the library's own way, then "
+        "`await token.get()` is timed."
+    )
+    notes.append(
+        f"Batch size calibrated per contender to ~{target_ns / 1e6:.0f} ms; {ctx.repeats} "
+        "interleaved samples each, GC paused during a batch; ratio = median of per-round ratios."
+    )
+    return ScenarioResult("hot_path", TITLE, rows, notes)
+
+
+def peer_row(peer: list[float] | None, ours: list[float], name: str) -> Row:
+    """A comparison row with a peer; ratio = asynctoken / peer (below 1: asynctoken faster)."""
+    if peer is None:
+        return Row(TITLE, f"vs {name}", "", "not installed", "—", "not installed")
+    ratio = paired_ratio(ours, peer)
+    return Row(
+        TITLE,
+        f"vs {name}",
+        fmt_ns(median(ours)),
+        f"{name} {fmt_ns(median(peer))}",
+        "—",
+        "info",
+        ratio,
+        f"asynctoken is {1 / ratio:.1f}× faster" if ratio < 1 else f"{fmt_ratio(ratio)} slower",
+        {"peer_ns": peer},
+    )
