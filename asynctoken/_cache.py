@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 
 import cachetools
 
@@ -36,24 +35,19 @@ class Failure:
         self.final = final
 
 
-class HotCache(cachetools.TLRUCache[str, "Entry"]):
-    """Bounded cache of access tokens whose entries also leave when their token expires.
+class HotCache(cachetools.LRUCache[str, "Entry"]):
+    """Bounded cache of access tokens (least recently stored leaves first).
 
     Every insert and removal is mirrored into plain dicts, which is what the hot path reads:
     cachetools' own ``__getitem__`` costs several Python calls, a dict one C call. ``entries``
-    mirrors the cache; ``fresh`` holds the tokens of entries that are still fresh (the manager
-    adds them and a loop timer takes them out when they turn stale). Eviction only ever costs a
-    store re-read: refresh tokens live in the store, never only here.
+    mirrors the cache; ``fresh`` holds the tokens of entries that are still fresh. The manager's
+    loop timers take a token out of ``fresh`` when it turns stale and out of the cache when it
+    expires, so entries also leave with their token. Eviction only ever costs a store re-read:
+    refresh tokens live in the store, never only here.
     """
 
-    def __init__(
-        self,
-        maxsize: int,
-        timer: Callable[[], float],
-        entries: dict[str, Entry],
-        fresh: dict[str, Token],
-    ) -> None:
-        super().__init__(maxsize, ttu=_entry_ttu, timer=timer)
+    def __init__(self, maxsize: int, entries: dict[str, Entry], fresh: dict[str, Token]) -> None:
+        super().__init__(maxsize)
         self._entries = entries
         self._fresh = fresh
 
@@ -63,20 +57,14 @@ class HotCache(cachetools.TLRUCache[str, "Entry"]):
         if old is not None and old is not value:
             _retire(old)
         self._fresh.pop(key, None)
-        if cachetools.Cache.__contains__(self, key):
-            self._entries[key] = value
-        else:  # already expired: TLRUCache refuses it
-            self._entries.pop(key, None)
+        self._entries[key] = value
 
     def __delitem__(self, key: str) -> None:
         super().__delitem__(key)
-        self._removed(key)
-
-    def expire(self, time: float | None = None) -> list[tuple[str, Entry]]:
-        expired: list[tuple[str, Entry]] = list(super().expire(time))
-        for key, _ in expired:
-            self._removed(key)
-        return expired
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            _retire(entry)
+        self._fresh.pop(key, None)
 
     def clear(self) -> None:
         super().clear()
@@ -85,12 +73,6 @@ class HotCache(cachetools.TLRUCache[str, "Entry"]):
         self._entries.clear()
         self._fresh.clear()
 
-    def _removed(self, key: str) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            _retire(entry)
-        self._fresh.pop(key, None)
-
 
 def _retire(entry: Entry) -> None:
     if entry.timer is not None:
@@ -98,51 +80,59 @@ def _retire(entry: Entry) -> None:
         entry.timer = None
 
 
-def _entry_ttu(_key: str, entry: Entry, _now: float) -> float:
-    return entry.expired_at
-
-
 class Flight:
     """One refresh in flight: the manager's task and the futures its callers wait on.
 
     Each caller gets a future of its own, so cancelling a caller cancels only that future, never
-    the task (the guarantee of :func:`asyncio.shield`). When the task ends, :meth:`settle` sets
-    every waiting future in one pass.
+    the task (the guarantee of :func:`asyncio.shield`, without its three callbacks per caller).
+    The task settles every waiting future in one pass, at the end of its own last step, so the
+    callers resume in the very next loop iteration.
     """
 
-    __slots__ = ("task", "waiters")
+    __slots__ = ("error", "result", "settled", "task", "waiters")
 
-    def __init__(self, task: asyncio.Task[Token]) -> None:
-        self.task = task
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
         self.waiters: list[asyncio.Future[Token]] = []
+        self.settled = False
+        self.result: Token | None = None
+        self.error: BaseException | None = None
 
     async def join(self) -> Token:
         """Wait for the refresh's result (or exception) without being able to cancel it."""
-        task = self.task
-        if task.done():  # finished, and settle() may already have run
-            return task.result()
-        waiter: asyncio.Future[Token] = task.get_loop().create_future()
-        self.waiters.append(waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                waiter.exception()  # settled just before the cancel: mark it retrieved
-            raise
+        if not self.settled:
+            waiter: asyncio.Future[Token] = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            try:
+                return await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    waiter.exception()  # settled just before the cancel: mark it retrieved
+                raise
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
-    def settle(self) -> None:
-        """Pass the finished task's outcome to every caller still waiting."""
-        task = self.task
+    def succeed(self, token: Token) -> None:
+        """Hand ``token`` to every caller still waiting, and to later joiners."""
+        self.settled = True
+        self.result = token
         waiters, self.waiters = self.waiters, []
-        if task.cancelled():
-            for waiter in waiters:
-                waiter.cancel()
-            return
-        error = task.exception()  # also marks it retrieved when every caller was cancelled
         for waiter in waiters:
-            if waiter.done():  # its caller was cancelled
+            if not waiter.done():  # done: its caller was cancelled
+                waiter.set_result(token)
+
+    def fail(self, error: BaseException) -> None:
+        """Raise ``error`` in every caller still waiting (cancel them if it is a cancellation)."""
+        self.settled = True
+        self.error = error
+        waiters, self.waiters = self.waiters, []
+        cancelled = isinstance(error, asyncio.CancelledError)
+        for waiter in waiters:
+            if waiter.done():
                 continue
-            if error is None:
-                waiter.set_result(task.result())
+            if cancelled:
+                waiter.cancel()
             else:
                 waiter.set_exception(error)

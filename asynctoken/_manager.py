@@ -173,9 +173,10 @@ class TokenManager:
         self._wall = self._clock.time
         self._hot: dict[str, Entry] = {}
         self._fresh: dict[str, Token] = {}
-        self._cache = HotCache(cache_size, self._monotonic, self._hot, self._fresh)
-        # With the system clock, freshness ends by a loop timer and the hot path reads no clock;
-        # an injected clock is read on every call instead (the loop cannot follow a fake clock).
+        self._cache = HotCache(cache_size, self._hot, self._fresh)
+        # With the system clock, loop timers end freshness (the hot path reads no clock) and
+        # drop expired entries; an injected clock is read on the slow path instead (the loop
+        # cannot follow a fake clock), and expired entries leave when replaced or evicted.
         self._fresh_timers = isinstance(self._clock, SystemClock)
         self._providers: dict[str, Provider] = {}
         self._resolved: cachetools.LRUCache[str, Provider] = cachetools.LRUCache(cache_size)
@@ -320,7 +321,7 @@ class TokenManager:
         """
         self._check_open()
         flight = self._inflight.get(key)
-        if flight is not None:
+        if flight is not None and flight.task is not None:
             await asyncio.wait({flight.task})
         self._providers.pop(key, None)
         self._resolved.pop(key, None)
@@ -355,7 +356,7 @@ class TokenManager:
         if self._closed:
             return
         self._closed = True
-        tasks = [flight.task for flight in self._inflight.values()]
+        tasks = [flight.task for flight in self._inflight.values() if flight.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self._close_timeout)
             for task in pending:
@@ -397,7 +398,9 @@ class TokenManager:
         now = self._monotonic()
         if entry is not None and now < entry.stale_at:
             # Fresh: an injected clock, or the freshness timer fired a little early.
-            if self._fresh_timers and entry.timer is None:
+            if self._fresh_timers and key not in self._fresh:
+                if entry.timer is not None:
+                    entry.timer.cancel()
                 self._remember(key, entry)
             return entry.token
         if entry is not None and now < entry.expired_at:
@@ -419,34 +422,42 @@ class TokenManager:
         return await flight.join()
 
     def _start(self, key: str, *, force: bool, background: bool) -> Flight:
-        coro = self._refresh(key, force=force, background=background)
+        flight = Flight()
+        coro = self._run(key, flight, force=force, background=background)
         name = f"asynctoken-refresh:{key}"
         loop = asyncio.get_running_loop()
         if sys.version_info >= (3, 12):
             # Start the refresh right away, in this caller's step, instead of behind every
             # caller already queued: in a stampede the token request goes out first.
-            task = asyncio.Task(coro, loop=loop, name=name, eager_start=True)
+            flight.task = asyncio.Task(coro, loop=loop, name=name, eager_start=True)
         else:
-            task = loop.create_task(coro, name=name)
-        flight = Flight(task)
-        if task.done():  # an eager start that finished without suspending (a store hit)
-            self._finished(key, flight, background)
-            return flight
-        self._inflight[key] = flight
-        task.add_done_callback(lambda t: self._finished(key, flight, background))
+            flight.task = loop.create_task(coro, name=name)
+        if not flight.settled:  # an eager start may finish at once (a store hit)
+            self._inflight[key] = flight
         return flight
 
-    def _finished(self, key: str, flight: Flight, background: bool) -> None:
+    async def _run(self, key: str, flight: Flight, *, force: bool, background: bool) -> None:
+        """The refresh task: refresh, then settle every caller in this same step."""
+        try:
+            token = await self._refresh(key, force=force, background=background)
+        except Exception as exc:
+            self._land(key, flight)
+            self._record_failure(key, exc, background)
+            flight.fail(exc)
+            return  # every caller gets it through its own future; nobody awaits the task
+        except BaseException as exc:  # cancelled by aclose(), or the process is going down
+            self._land(key, flight)
+            flight.fail(exc)
+            raise
+        self._land(key, flight)
+        self._failures.pop(key, None)
+        flight.succeed(token)
+
+    def _land(self, key: str, flight: Flight) -> None:
         if self._inflight.get(key) is flight:
             del self._inflight[key]
-        flight.settle()  # wakes every caller; the bookkeeping below runs before they resume
-        task = flight.task
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is None:
-            self._failures.pop(key, None)
-            return
+
+    def _record_failure(self, key: str, error: Exception, background: bool) -> None:
         now = self._monotonic()
         if isinstance(error, _FINAL_ERRORS):
             self._failures[key] = Failure(error, now + self._cooldown, final=True)
@@ -546,6 +557,14 @@ class TokenManager:
         entry.timer = None
         if self._hot.get(key) is entry:
             self._fresh.pop(key, None)
+            delay = max(0.0, entry.expired_at - self._monotonic())
+            entry.timer = asyncio.get_running_loop().call_later(delay, self._drop, key, entry)
+
+    def _drop(self, key: str, entry: Entry) -> None:
+        """Timer callback: ``entry`` expired unused; free its place in the cache."""
+        entry.timer = None
+        if self._hot.get(key) is entry:
+            self._cache.pop(key, None)
 
     def _entry(self, token: Token, mono: float, wall: float) -> Entry:
         """Deadlines of ``token`` on the monotonic clock, given a (monotonic, wall) pair."""

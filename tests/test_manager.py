@@ -163,7 +163,8 @@ async def test_stale_token_served_at_once_with_one_background_refresh(
         await server.wait_for_token_requests(2)
         (refresh,) = refresh_tasks("k")
         server.release()
-        new = await refresh
+        await refresh
+        new = run_sync(tm.get_token("k"))
         assert new is not old
         assert run_sync(tm.get_token("k")) is new
     assert server.token_requests == 2
@@ -849,10 +850,15 @@ class DemoteWatcher(TokenManager):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.demoted = asyncio.Event()
+        self.dropped = asyncio.Event()
 
     def _demote(self, key: str, entry: Any) -> None:
         super()._demote(key, entry)
         self.demoted.set()
+
+    def _drop(self, key: str, entry: Any) -> None:
+        super()._drop(key, entry)
+        self.dropped.set()
 
 
 async def test_freshness_ends_with_a_loop_timer_on_the_system_clock(
@@ -875,9 +881,28 @@ async def test_freshness_ends_with_a_loop_timer_on_the_system_clock(
         await server.wait_for_token_requests(2)
         (refresh,) = refresh_tasks("k")
         server.release()
-        new = await refresh
+        await refresh
+        new = run_sync(tm.get_token("k"))
+        assert new is not token
         assert tm._hot["k"].timer is not None
         assert run_sync(tm.get_token("k")) is new
+    assert server.token_requests == 2
+
+
+async def test_an_unused_entry_leaves_the_cache_when_its_token_expires(
+    fake_oauth_server: Any,
+) -> None:
+    server = await fake_oauth_server("keliweb", expires_in=1)
+    async with DemoteWatcher(retry=FAST_RETRY) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        await tm.get_token("k")
+        await asyncio.wait_for(tm.demoted.wait(), 5)
+        assert "k" in tm._hot  # stale but still valid: kept
+        await asyncio.wait_for(tm.dropped.wait(), 5)
+        assert "k" not in tm._hot
+        assert "k" not in tm._fresh
+        # Nothing lost: the next call refreshes from the stored refresh token.
+        assert server.is_valid_access_token((await tm.get_token("k")).access_token)
     assert server.token_requests == 2
 
 

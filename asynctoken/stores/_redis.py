@@ -208,8 +208,16 @@ class RedisStore:
 
     async def get(self, key: str) -> Token | None:
         """See :meth:`TokenStore.get`. One ``GET``."""
-        async with self._guard("GET", key):
-            raw = await self._client.get(self._cred(key))
+        # The cold-tenant path: no context-manager generators here, only try/except.
+        name = self._prefix + "cred:" + key
+        try:
+            if self._gate is None:
+                raw = await self._client.get(name)
+            else:
+                async with self._gate:
+                    raw = await self._client.get(name)
+        except (RedisError, OSError) as exc:
+            raise self._error("GET", key, exc) from _cause(exc)
         if raw is None:
             return None
         return self._decode(key, raw)
@@ -331,26 +339,28 @@ class RedisStore:
             raise StoreError(message, location=self._location, key=key) from None
 
     def _decode(self, key: str, raw: bytes | str) -> Token:
-        where = f"record {self._cred(key)!r} at {self._location}"
         try:
             record = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise StoreError(f"{where} is not JSON", location=self._location, key=key) from None
+            raise self._bad_record(key, "is not JSON") from None
         if not isinstance(record, dict):
-            message = f"{where} is not a JSON object"
-            raise StoreError(message, location=self._location, key=key)
+            raise self._bad_record(key, "is not a JSON object")
         version = record.get("v", RECORD_VERSION)
         if isinstance(version, int) and not isinstance(version, bool) and version > RECORD_VERSION:
-            raise StoreError(
-                f"{where} was written by a newer asynctoken (record version {version}; this "
-                f"version reads {RECORD_VERSION}): upgrade asynctoken",
-                location=self._location,
-                key=key,
+            raise self._bad_record(
+                key,
+                f"was written by a newer asynctoken (record version {version}; this version "
+                f"reads {RECORD_VERSION}): upgrade asynctoken",
             )
         try:
             return Token.from_dict(record)
         except ValueError as exc:
-            raise StoreError(f"{where}: {exc}", location=self._location, key=key) from None
+            raise self._bad_record(key, f": {exc}") from None
+
+    def _bad_record(self, key: str, what: str) -> StoreError:
+        sep = "" if what.startswith(":") else " "
+        message = f"record {self._cred(key)!r} at {self._location}{sep}{what}"
+        return StoreError(message, location=self._location, key=key)
 
     async def _try_lock(self, name: str, token: str, ttl_ms: int, key: str) -> bool:
         try:
@@ -407,21 +417,30 @@ class RedisStore:
         """Turn a redis-py or socket failure into a StoreError without the password."""
         try:
             yield
-        except ResponseError as exc:
+        except (RedisError, OSError) as exc:
+            raise self._error(operation, key, exc) from _cause(exc)
+
+    def _error(self, operation: str, key: str | None, exc: BaseException) -> StoreError:
+        """The StoreError for a redis-py or socket failure, without the password."""
+        if isinstance(exc, ResponseError):
             detail = self._scrub(str(exc))
             if "ASYNCTOKEN_BAD_RECORD" in detail:
                 detail = "the stored record is not a JSON object"
             message = f"Redis at {self._location} refused {operation}: {detail}"
-            raise StoreError(message, location=self._location, key=key) from None
-        except (RedisError, OSError) as exc:
-            message = (
-                f"Redis at {self._location} failed during {operation}: "
-                f"{type(exc).__name__}: {self._scrub(str(exc))}"
-            )
-            raise StoreError(message, location=self._location, key=key) from exc
+            return StoreError(message, location=self._location, key=key)
+        message = (
+            f"Redis at {self._location} failed during {operation}: "
+            f"{type(exc).__name__}: {self._scrub(str(exc))}"
+        )
+        return StoreError(message, location=self._location, key=key)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """What a StoreError is chained to: a refusal's text is already in the message."""
+    return None if isinstance(exc, ResponseError) else exc
 
 
 def _describe(client: Redis) -> str:
