@@ -26,7 +26,7 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import cachetools
@@ -36,9 +36,9 @@ from ._clock import Clock, SystemClock
 from ._errors import (
     ConfigurationError,
     CredentialNotFoundError,
-    InvalidClientError,
-    InvalidGrantError,
+    TokenEndpointError,
     TokenError,
+    TransientError,
 )
 from ._policy import Margins, RetryPolicy
 from ._request import request_token
@@ -58,8 +58,6 @@ logger = logging.getLogger("asynctoken")
 
 ProviderFactory = Callable[[str], "Provider | Awaitable[Provider | None] | None"]
 """Resolves the provider for a key that was not registered with :meth:`TokenManager.add`."""
-
-_FINAL_ERRORS: Final = (InvalidGrantError, InvalidClientError)
 
 
 class TokenManager:
@@ -89,8 +87,9 @@ class TokenManager:
         cache_size: how many access tokens (and resolved providers) this process keeps in
             memory. Eviction only costs a store read, never a credential.
         lock_timeout: seconds to wait for another process's refresh of the same credential.
-        invalid_grant_cooldown: after a final error (``invalid_grant``, ``invalid_client``),
-            calls within this many seconds fail fast with the same error, without a request.
+        error_cooldown: after a final error from the token endpoint (``invalid_grant``,
+            ``invalid_client``, any other 4xx), calls within this many seconds fail fast with the
+            same error, without a request.
         background_retry_interval: after a failed background refresh of a still-valid token,
             seconds before the next background attempt.
         invalidate_interval: after :meth:`invalidate` dropped a token of a key, seconds during
@@ -144,7 +143,7 @@ class TokenManager:
         retry: RetryPolicy | None = None,
         cache_size: int = 10_000,
         lock_timeout: float = 90.0,
-        invalid_grant_cooldown: float = 30.0,
+        error_cooldown: float = 30.0,
         background_retry_interval: float = 10.0,
         invalidate_interval: float = 5.0,
         close_timeout: float = 10.0,
@@ -154,7 +153,7 @@ class TokenManager:
             raise ConfigurationError("cache_size must be >= 1")
         if lock_timeout <= 0 or close_timeout < 0:
             raise ConfigurationError("lock_timeout must be > 0 and close_timeout >= 0")
-        if invalid_grant_cooldown < 0 or background_retry_interval < 0 or invalidate_interval < 0:
+        if error_cooldown < 0 or background_retry_interval < 0 or invalidate_interval < 0:
             raise ConfigurationError("cooldowns must be >= 0")
         if store is not None and not isinstance(store, TokenStore):
             raise ConfigurationError(f"store must implement TokenStore, got {type(store).__name__}")
@@ -165,7 +164,7 @@ class TokenManager:
         self._margins = margins or Margins()
         self._retry = retry or RetryPolicy()
         self._lock_timeout = lock_timeout
-        self._cooldown = invalid_grant_cooldown
+        self._cooldown = error_cooldown
         self._background_retry = background_retry_interval
         self._close_timeout = close_timeout
         self._clock: Clock = clock or SystemClock()
@@ -459,11 +458,15 @@ class TokenManager:
 
     def _record_failure(self, key: str, error: Exception, background: bool) -> None:
         now = self._monotonic()
-        if isinstance(error, _FINAL_ERRORS):
+        if isinstance(error, TokenEndpointError):
             self._failures[key] = Failure(error, now + self._cooldown, final=True)
             logger.error("credential %r: refresh failed: %s", key, error)
         elif isinstance(error, TokenError):
-            self._failures[key] = Failure(error, now + self._background_retry, final=False)
+            # The next background attempt waits, at least as long as the server asked.
+            pause = self._background_retry
+            if isinstance(error, TransientError) and error.retry_after is not None:
+                pause = max(pause, min(error.retry_after, self._retry.max_retry_after))
+            self._failures[key] = Failure(error, now + pause, final=False)
             if background:
                 logger.warning(
                     "credential %r: background refresh failed, current token still served: %s",

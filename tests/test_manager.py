@@ -402,9 +402,9 @@ async def test_invalid_grant_is_final_and_cooled_down(server: FakeOAuthServer) -
     assert "re-authorize" in str(first.value) or first.value.status == 400
 
 
-async def test_invalid_grant_cooldown_expires(server: FakeOAuthServer) -> None:
+async def test_error_cooldown_expires(server: FakeOAuthServer) -> None:
     clock = FakeClock()
-    async with TokenManager(clock=clock, retry=FAST_RETRY, invalid_grant_cooldown=30) as tm:
+    async with TokenManager(clock=clock, retry=FAST_RETRY, error_cooldown=30) as tm:
         await tm.add("k", keliweb(server), refresh_token="def50200" + "0" * 40)
         with pytest.raises(InvalidGrantError):
             await tm.get_token("k")
@@ -439,15 +439,43 @@ async def test_invalid_client_is_final(server: FakeOAuthServer) -> None:
     assert server.token_requests == 1
 
 
-async def test_other_4xx_is_final_and_typed(server: FakeOAuthServer, manager: TokenManager) -> None:
-    server.fail_next(status=400, error="invalid_scope")
-    with pytest.raises(TokenEndpointError) as info:
-        await manager.get_token("k")
-    assert info.value.error == "invalid_scope"
-    assert server.token_requests == 1
-    # Not a credential problem: the next call tries again and succeeds.
-    await manager.get_token("k")
+async def test_other_4xx_is_final_typed_and_cooled_down(server: FakeOAuthServer) -> None:
+    clock = FakeClock()
+    async with TokenManager(clock=clock, retry=FAST_RETRY, error_cooldown=30) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        server.fail_next(status=400, error="invalid_scope")
+        with pytest.raises(TokenEndpointError) as info:
+            await tm.get_token("k")
+        assert info.value.error == "invalid_scope"
+        assert server.token_requests == 1
+        # Final: repeating the call within the cooldown fails fast, without a request.
+        with pytest.raises(TokenEndpointError):
+            await tm.get_token("k")
+        assert server.token_requests == 1
+        clock.advance(30)
+        await tm.get_token("k")
     assert server.token_requests == 2
+
+
+async def test_background_refresh_waits_as_long_as_retry_after_says(
+    server: FakeOAuthServer,
+) -> None:
+    clock = FakeClock()
+    async with TokenManager(clock=clock, retry=FAST_RETRY, background_retry_interval=10) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        old = await tm.get_token("k")
+        clock.advance(3600 - 250)
+        server.fail_next(1, status=429, retry_after=60)  # longer than the retry deadline
+        assert await tm.get_token("k") is old
+        (refresh,) = refresh_tasks("k")
+        await refresh  # the failure is recorded, not raised
+        assert server.token_requests == 2
+        clock.advance(30)  # past background_retry_interval, not past Retry-After
+        assert await tm.get_token("k") is old
+        assert server.token_requests == 2
+        clock.advance(31)
+        assert await tm.get_token("k") is old
+        await server.wait_for_token_requests(3)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 408, 429])
