@@ -89,10 +89,11 @@ class Flight:
     callers resume in the very next loop iteration.
     """
 
-    __slots__ = ("error", "result", "settled", "task", "waiters")
+    __slots__ = ("error", "fenced", "result", "settled", "task", "waiters")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
+        self.fenced = False  # the credential was replaced or removed meanwhile: cache nothing
         self.waiters: list[asyncio.Future[Token]] = []
         self.settled = False
         self.result: Token | None = None
@@ -115,7 +116,9 @@ class Flight:
         return self.result
 
     def succeed(self, token: Token) -> None:
-        """Hand ``token`` to every caller still waiting, and to later joiners."""
+        """Hand ``token`` to every caller still waiting, and to later joiners (once)."""
+        if self.settled:
+            return
         self.settled = True
         self.result = token
         waiters, self.waiters = self.waiters, []
@@ -125,6 +128,8 @@ class Flight:
 
     def fail(self, error: BaseException) -> None:
         """Raise ``error`` in every caller still waiting (cancel them if it is a cancellation)."""
+        if self.settled:
+            return
         self.settled = True
         self.error = error
         waiters, self.waiters = self.waiters, []

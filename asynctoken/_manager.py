@@ -36,6 +36,7 @@ from ._clock import Clock, SystemClock
 from ._errors import (
     ConfigurationError,
     CredentialNotFoundError,
+    MalformedResponseError,
     TokenEndpointError,
     TokenError,
     TransientError,
@@ -58,6 +59,10 @@ logger = logging.getLogger("asynctoken")
 
 ProviderFactory = Callable[[str], "Provider | Awaitable[Provider | None] | None"]
 """Resolves the provider for a key that was not registered with :meth:`TokenManager.add`."""
+
+
+def _failure_ttu(_key: str, failure: Failure, _now: float) -> float:
+    return failure.until
 
 
 class TokenManager:
@@ -97,6 +102,10 @@ class TokenManager:
             interval is caused by rejected tokens).
         close_timeout: on :meth:`aclose`, seconds to let in-flight refreshes finish (so rotated
             refresh tokens get saved) before they are cancelled.
+        save_patience: when the store refuses a rotated refresh token, seconds during which the
+            refresh keeps the credential's lock and keeps trying to write it (callers already
+            have the new token). Afterwards it is kept in memory and written before the next
+            refresh, or on :meth:`aclose`.
         clock: time source; inject a fake one in tests.
 
     Raises:
@@ -109,6 +118,7 @@ class TokenManager:
         "_clock",
         "_close_timeout",
         "_closed",
+        "_closing",
         "_cooldown",
         "_factory",
         "_failures",
@@ -126,9 +136,11 @@ class TokenManager:
         "_rejected",
         "_resolved",
         "_retry",
+        "_save_patience",
         "_saver",
         "_session",
         "_store",
+        "_tasks",
         "_token_session",
         "_wall",
     )
@@ -147,12 +159,15 @@ class TokenManager:
         background_retry_interval: float = 10.0,
         invalidate_interval: float = 5.0,
         close_timeout: float = 10.0,
+        save_patience: float = 30.0,
         clock: Clock | None = None,
     ) -> None:
         if cache_size < 1:
             raise ConfigurationError("cache_size must be >= 1")
-        if lock_timeout <= 0 or close_timeout < 0:
-            raise ConfigurationError("lock_timeout must be > 0 and close_timeout >= 0")
+        if lock_timeout <= 0 or close_timeout < 0 or save_patience < 0:
+            raise ConfigurationError(
+                "lock_timeout must be > 0, close_timeout and save_patience >= 0"
+            )
         if error_cooldown < 0 or background_retry_interval < 0 or invalidate_interval < 0:
             raise ConfigurationError("cooldowns must be >= 0")
         if store is not None and not isinstance(store, TokenStore):
@@ -167,6 +182,7 @@ class TokenManager:
         self._cooldown = error_cooldown
         self._background_retry = background_retry_interval
         self._close_timeout = close_timeout
+        self._save_patience = save_patience
         self._clock: Clock = clock or SystemClock()
         self._monotonic = self._clock.monotonic
         self._wall = self._clock.time
@@ -181,7 +197,9 @@ class TokenManager:
         self._resolved: cachetools.LRUCache[str, Provider] = cachetools.LRUCache(cache_size)
         self._provider_types: set[type] = set()
         self._inflight: dict[str, Flight] = {}
-        self._failures: dict[str, Failure] = {}
+        self._failures: cachetools.TLRUCache[str, Failure] = cachetools.TLRUCache(
+            cache_size, ttu=_failure_ttu, timer=self._monotonic
+        )
         self._rejected: dict[str, str] = {}
         self._saver = RotationSaver(self._store)
         self._invalidate_interval = invalidate_interval
@@ -189,6 +207,8 @@ class TokenManager:
             cache_size, ttl=invalidate_interval or 1e-9, timer=self._monotonic
         )
         self._closed = False
+        self._closing: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ public API
 
@@ -249,6 +269,7 @@ class TokenManager:
             )
         self._providers[key] = provider
         self._resolved.pop(key, None)
+        self._failures.pop(key, None)  # a new configuration deserves a new attempt
         if refresh_token is None:
             return False
         if not isinstance(refresh_token, str) or not refresh_token:
@@ -263,7 +284,6 @@ class TokenManager:
             return True
         stored = await self._store.put_if_absent(key, seed)
         if stored:
-            self._failures.pop(key, None)
             logger.info("credential %r seeded", key)
         else:
             logger.debug("credential %r already in the store; seed ignored", key)
@@ -285,7 +305,7 @@ class TokenManager:
         entry = self._hot.get(key)
         if entry is not None and entry.token.access_token != token.access_token:
             return False
-        if key in self._invalidated:
+        if self._invalidate_interval and key in self._invalidated:
             # The token that replaced the last rejected one is rejected too: the API refuses
             # this credential for another reason (permissions?). Refreshing again would not
             # help, and doing it on every request would rotate the credential in a loop.
@@ -299,7 +319,8 @@ class TokenManager:
         if entry is not None:
             self._cache.pop(key, None)
         self._rejected[key] = token.access_token
-        self._invalidated[key] = True
+        if self._invalidate_interval:
+            self._invalidated[key] = True
         logger.info("credential %r: access token %s invalidated", key, mask(token.access_token))
         return True
 
@@ -319,13 +340,11 @@ class TokenManager:
             Whether the store held a credential for ``key``.
         """
         self._check_open()
-        flight = self._inflight.get(key)
-        if flight is not None and flight.task is not None:
-            await asyncio.wait({flight.task})
         self._providers.pop(key, None)
         self._resolved.pop(key, None)
-        self._forget(key)
-        return await self._store.delete(key)
+        existed = await self._store.delete(key)
+        self._forget(key)  # after the delete: nothing read before it stays cached
+        return existed
 
     def middleware(self, key: str, **options: Any) -> TokenMiddleware:
         """An aiohttp client middleware that authorizes requests with ``key``'s token.
@@ -350,12 +369,18 @@ class TokenManager:
         """Let in-flight refreshes finish (up to ``close_timeout``), then release everything.
 
         Refreshes still running after the timeout are cancelled and awaited, so no task is left
-        pending. Idempotent.
+        pending; a rotated refresh token the store refused earlier gets a last chance to be
+        written. Idempotent, and safe to cancel: a later call finishes the same close.
         """
-        if self._closed:
-            return
         self._closed = True
-        tasks = [flight.task for flight in self._inflight.values() if flight.task is not None]
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(
+                self._close(), name="asynctoken-close"
+            )
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        tasks = set(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self._close_timeout)
             for task in pending:
@@ -365,10 +390,13 @@ class TokenManager:
                 await asyncio.wait(pending)
         self._cache.clear()
         try:
-            if self._token_session is not None:
-                await self._token_session.close()
+            await self._saver.flush(lock_timeout=min(self._lock_timeout, 5.0))
         finally:
-            await self._store.aclose()
+            try:
+                if self._token_session is not None:
+                    await self._token_session.close()
+            finally:
+                await self._store.aclose()
 
     close = aclose
 
@@ -428,20 +456,25 @@ class TokenManager:
         if sys.version_info >= (3, 12):
             # Start the refresh right away, in this caller's step, instead of behind every
             # caller already queued: in a stampede the token request goes out first.
-            flight.task = asyncio.Task(coro, loop=loop, name=name, eager_start=True)
+            task = asyncio.Task(coro, loop=loop, name=name, eager_start=True)
         else:
-            flight.task = loop.create_task(coro, name=name)
-        if not flight.settled:  # an eager start may finish at once (a store hit)
+            task = loop.create_task(coro, name=name)
+        flight.task = task
+        if not task.done():  # an eager start may finish at once (a store hit)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if not flight.settled:
             self._inflight[key] = flight
         return flight
 
     async def _run(self, key: str, flight: Flight, *, force: bool, background: bool) -> None:
         """The refresh task: refresh, then settle every caller in this same step."""
         try:
-            token = await self._refresh(key, force=force, background=background)
+            token = await self._refresh(key, flight, force=force, background=background)
         except Exception as exc:
             self._land(key, flight)
-            self._record_failure(key, exc, background)
+            if not flight.fenced:
+                self._record_failure(key, exc, background)
             flight.fail(exc)
             return  # every caller gets it through its own future; nobody awaits the task
         except BaseException as exc:  # cancelled by aclose(), or the process is going down
@@ -449,7 +482,8 @@ class TokenManager:
             flight.fail(exc)
             raise
         self._land(key, flight)
-        self._failures.pop(key, None)
+        if not flight.fenced:
+            self._failures.pop(key, None)
         flight.succeed(token)
 
     def _land(self, key: str, flight: Flight) -> None:
@@ -457,6 +491,9 @@ class TokenManager:
             del self._inflight[key]
 
     def _record_failure(self, key: str, error: Exception, background: bool) -> None:
+        if isinstance(error, CredentialNotFoundError):
+            logger.debug("credential %r: %s", key, error.message)
+            return  # nothing was requested; resolving again costs nothing
         now = self._monotonic()
         if isinstance(error, TokenEndpointError):
             self._failures[key] = Failure(error, now + self._cooldown, final=True)
@@ -478,44 +515,58 @@ class TokenManager:
         else:
             logger.error("credential %r: refresh crashed", key, exc_info=error)
 
-    async def _refresh(self, key: str, *, force: bool, background: bool) -> Token:
+    async def _refresh(self, key: str, flight: Flight, *, force: bool, background: bool) -> Token:
         try:
-            return await self._refresh_inner(key, force=force, background=background)
+            return await self._refresh_inner(key, flight, force=force, background=background)
         except TokenError as exc:
             if exc.key is None:
                 exc.key = key
             raise
 
-    async def _refresh_inner(self, key: str, *, force: bool, background: bool) -> Token:
+    async def _refresh_inner(
+        self, key: str, flight: Flight, *, force: bool, background: bool
+    ) -> Token:
         provider = await self._provider_for(key)
         store = self._store
         if not force:
             # A cold cache or another process may already have a good token: one store read.
-            token = self._usable(key, await store.get(key), need_fresh=background)
+            token = self._usable(key, await store.get(key), flight, need_fresh=background)
             if token is not None:
                 return token
         async with store.lock(key, timeout=self._lock_timeout):
             stored = await store.get(key)
             stored = await self._saver.resume(key, stored)
             if not force:
-                token = self._usable(key, stored, need_fresh=background)
+                token = self._usable(key, stored, flight, need_fresh=background)
                 if token is not None:
                     logger.debug("credential %r: picked up a token refreshed elsewhere", key)
                     return token
             old_refresh = stored.refresh_token if stored is not None else None
-            token, issued_mono, issued_wall = await request_token(
-                key,
-                provider,
-                self._session_for_tokens(),
-                old_refresh,
-                retry=self._retry,
-                clock=self._clock,
-            )
+            try:
+                token, issued_mono, issued_wall = await request_token(
+                    key,
+                    provider,
+                    self._session_for_tokens(),
+                    old_refresh,
+                    retry=self._retry,
+                    clock=self._clock,
+                )
+            except MalformedResponseError as exc:
+                await self._salvage(key, exc, stored, provider)
+                raise
             if token.refresh_token is None and old_refresh is not None:
                 token = token.with_refresh_token(old_refresh)  # RFC 6749 §6: keep the old one
-            await self._saver.save(key, token, stored)
-        self._rejected.pop(key, None)
-        self._remember(key, self._entry(token, issued_mono, issued_wall))
+            saved = await self._saver.save(key, token, stored)
+            if not flight.fenced:
+                self._rejected.pop(key, None)
+                self._remember(key, self._entry(token, issued_mono, issued_wall))
+            if not saved:
+                # The server rotated but the store refused the new refresh token. Callers get
+                # the token now; this task keeps the lock (so that no other process refreshes
+                # with the dead refresh token) and keeps trying to write it for a while.
+                self._land(key, flight)  # later callers start anew, behind this lock
+                flight.succeed(token)
+                await self._saver.keep_trying(key, patience=self._save_patience)
         logger.info(
             "credential %r refreshed: access token %s, expires in %.0f s, refresh token %s",
             key,
@@ -525,9 +576,30 @@ class TokenManager:
         )
         return token
 
+    async def _salvage(
+        self, key: str, error: MalformedResponseError, stored: Token | None, provider: Provider
+    ) -> None:
+        """An unusable answer may still carry the rotated refresh token: keep it."""
+        refresh_token = getattr(error, "refresh_token", None)
+        old = stored.refresh_token if stored is not None else None
+        if not refresh_token or refresh_token == old:
+            return
+        seed = Token(
+            access_token="", expires_at=0.0, refresh_token=refresh_token, provider=provider.name
+        )
+        if await self._saver.save(key, seed, stored):
+            logger.warning(
+                "credential %r: the token answer was unusable (%s), but its new refresh token "
+                "was saved",
+                key,
+                error.reason,
+            )
+
     # ------------------------------------------------------------------ helpers
 
-    def _usable(self, key: str, stored: Token | None, *, need_fresh: bool) -> Token | None:
+    def _usable(
+        self, key: str, stored: Token | None, flight: Flight, *, need_fresh: bool
+    ) -> Token | None:
         """Cache and return ``stored`` if it is a valid token nobody rejected.
 
         A background refresh (of a stale token) wants a fresh one; a waiting caller takes any
@@ -542,7 +614,8 @@ class TokenManager:
         entry = self._entry(stored, now_mono, now_wall)
         if now_mono >= (entry.stale_at if need_fresh else entry.expired_at):
             return None
-        self._remember(key, entry)
+        if not flight.fenced:
+            self._remember(key, entry)
         return stored
 
     def _remember(self, key: str, entry: Entry) -> None:
@@ -627,6 +700,9 @@ class TokenManager:
         return session
 
     def _forget(self, key: str) -> None:
+        flight = self._inflight.pop(key, None)
+        if flight is not None:
+            flight.fenced = True  # its callers still get its result; the cache does not
         self._cache.pop(key, None)
         self._failures.pop(key, None)
         self._rejected.pop(key, None)

@@ -47,8 +47,11 @@ async def request_token(
             "configured: re-authorize and seed it with add(key, provider, refresh_token=...)",
             key=key,
         )
+    # One deadline for everything, the password fallback included: the caller holds the
+    # credential's lock meanwhile. Measured on the loop's clock, like the sleeps it bounds.
+    started = asyncio.get_running_loop().time()
     try:
-        return await _with_retries(key, provider, session, refresh_token, retry, clock)
+        return await _with_retries(key, provider, session, refresh_token, retry, clock, started)
     except InvalidGrantError:
         if refresh_token is None or not provider.can_reauthenticate:
             raise
@@ -58,7 +61,7 @@ async def request_token(
             key,
             mask(refresh_token),
         )
-        return await _with_retries(key, provider, session, None, retry, clock)
+        return await _with_retries(key, provider, session, None, retry, clock, started)
 
 
 async def _with_retries(
@@ -68,8 +71,9 @@ async def _with_retries(
     refresh_token: str | None,
     policy: RetryPolicy,
     clock: Clock,
+    started: float,
 ) -> tuple[Token, float, float]:
-    started = clock.monotonic()
+    loop = asyncio.get_running_loop()
     attempt = 0
     while True:
         attempt += 1
@@ -82,7 +86,7 @@ async def _with_retries(
             return token, issued_mono, issued_wall
         except TransientError as exc:
             delay = policy.delay(attempt, exc.retry_after)
-            elapsed = clock.monotonic() - started
+            elapsed = loop.time() - started
             if attempt >= policy.attempts or elapsed + delay > policy.deadline:
                 raise TransientError(
                     f"token endpoint still failing after {attempt} attempt(s) in "

@@ -42,12 +42,16 @@ class RotationSaver:
         """Drop a kept token (the credential was removed or replaced)."""
         self._unsaved.pop(key, None)
 
-    async def save(self, key: str, token: Token, stored: Token | None) -> None:
+    async def save(self, key: str, token: Token, stored: Token | None) -> bool:
         """Write a refreshed token with compare-and-swap on the refresh token it came from.
 
-        A store failure is retried briefly. If the store stays down, the token is still handed
-        out (the server already rotated: the old refresh token is dead) and kept in this process
-        as *unsaved*, to be written first thing under the next refresh lock.
+        A store failure is retried briefly. If the store stays down, the token is kept in this
+        process as *unsaved* (the server already rotated: the old refresh token is dead), to be
+        written by :meth:`keep_trying`, :meth:`resume` or :meth:`flush`.
+
+        Returns:
+            ``False`` if the token is kept unsaved, ``True`` otherwise (written, or the store
+            holds a credential that replaced ours meanwhile, which is never overwritten).
         """
         expected = stored.refresh_token if stored is not None else None
         for attempt in range(_SAVE_ATTEMPTS):
@@ -63,11 +67,11 @@ class RotationSaver:
                 self._unsaved[key] = _Unsaved(token, expected, stored is not None)
                 logger.error(
                     "credential %r: the rotated refresh token could not be saved (%s); this "
-                    "process keeps it and saves it before its next refresh",
+                    "process keeps it and keeps trying",
                     key,
                     exc.message,
                 )
-                return
+                return False
             if not saved:
                 # Someone replaced the credential while we held the lock (lock lease lost, or a
                 # forced re-seed). Never overwrite it; our token is still valid for this process.
@@ -76,7 +80,22 @@ class RotationSaver:
                     "kept and this process uses its new token until it expires",
                     key,
                 )
-            return
+            return True
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def keep_trying(self, key: str, *, patience: float) -> None:
+        """Retry writing ``key``'s unsaved token for up to ``patience`` seconds (the caller
+        holds the credential's lock)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        delay = 0.1
+        while key in self._unsaved and loop.time() + delay <= deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            try:
+                await self.resume(key, await self.store.get(key))
+            except StoreError:
+                continue
 
     async def resume(self, key: str, stored: Token | None) -> Token | None:
         """Before a refresh of ``key`` (under its lock): write the token whose save failed
@@ -91,22 +110,41 @@ class RotationSaver:
         unchanged = (stored is not None) == pending.existed and (
             stored is None or stored.refresh_token == pending.expected
         )
-        if not unchanged:
-            logger.warning(
-                "credential %r: the store changed since this process failed to save its last "
-                "refresh; the stored credential wins",
-                key,
-            )
-            return stored
-        try:
-            if stored is None:
-                await self.store.put_if_absent(key, pending.token)
-            else:
-                await self.store.replace(
-                    key, pending.token, expected_refresh_token=pending.expected
+        if unchanged:
+            try:
+                if stored is None:
+                    written = await self.store.put_if_absent(key, pending.token)
+                else:
+                    written = await self.store.replace(
+                        key, pending.token, expected_refresh_token=pending.expected
+                    )
+            except BaseException:
+                self._unsaved[key] = pending
+                raise
+            if written:
+                logger.info(
+                    "credential %r: saved the refresh token kept since the store failed", key
                 )
-        except StoreError:
-            self._unsaved[key] = pending
-            raise
-        logger.info("credential %r: saved the refresh token kept since the store failed", key)
-        return pending.token
+                return pending.token
+            stored = await self.store.get(key)
+        logger.warning(
+            "credential %r: the store changed since this process failed to save its last "
+            "refresh; the stored credential wins",
+            key,
+        )
+        return stored
+
+    async def flush(self, *, lock_timeout: float) -> None:
+        """Last attempt (on close) to write every unsaved token, each under its lock."""
+        for key in list(self._unsaved):
+            try:
+                async with self.store.lock(key, timeout=lock_timeout):
+                    await self.resume(key, await self.store.get(key))
+            except StoreError as exc:
+                logger.critical(
+                    "credential %r: the rotated refresh token could not be saved (%s) and is "
+                    "lost with this process: re-authorize the credential if the next refresh "
+                    "fails",
+                    key,
+                    exc.message,
+                )

@@ -526,3 +526,49 @@ async def test_unserialisable_token_is_refused_before_writing(path: Path) -> Non
         await store.put("k", bad)
     assert caught.value.key == "k"
     assert await store.get("k") == token(1)
+
+
+async def test_lock_timeout_holds_while_the_local_lock_is_handed_over(tmp_path: Path) -> None:
+    """FileStore._acquire_local awaits the asyncio.Lock WITHOUT a timeout when locked() is
+    False, but a released asyncio.Lock that already woke a waiter reports locked() False while
+    new acquirers still queue behind that waiter. The timeout is then not enforced."""
+    store = FileStore(tmp_path / "tokens.json")
+    holder_in = asyncio.Event()
+    holder_may_leave = asyncio.Event()
+    waiter_in = asyncio.Event()
+    waiter_may_leave = asyncio.Event()
+    outcome: list[str] = []
+
+    async def holder() -> None:
+        async with store.lock("k", timeout=5):
+            holder_in.set()
+            await holder_may_leave.wait()
+        # Released: the waiter below is woken but has not run yet. Ask again, briefly.
+        try:
+            async with store.lock("k", timeout=0.2):
+                outcome.append("acquired")
+        except StoreLockTimeoutError:
+            outcome.append("timed out")
+
+    async def waiter() -> None:
+        async with store.lock("k", timeout=5):
+            waiter_in.set()
+            await waiter_may_leave.wait()
+
+    holder_task = asyncio.create_task(holder())
+    await holder_in.wait()
+    waiter_task = asyncio.create_task(waiter())
+    local = store._key_locks["k"][0]
+    while not local._waiters:
+        await asyncio.sleep(0)
+    holder_may_leave.set()
+    await waiter_in.wait()
+    try:
+        # The waiter holds the lock for longer than the 0.2 s timeout: the holder's second
+        # attempt must give up with StoreLockTimeoutError.
+        done, _ = await asyncio.wait({holder_task}, timeout=3)
+        assert holder_task in done, "lock(timeout=0.2) still waiting after 3 s"
+        assert outcome == ["timed out"]
+    finally:
+        waiter_may_leave.set()
+        await asyncio.gather(holder_task, waiter_task)

@@ -961,3 +961,99 @@ async def test_provider_factory_must_return_a_provider(server: FakeOAuthServer) 
         with pytest.raises(ConfigurationError, match="not a Provider"):
             await tm.get_token("bad")  # the class check is cached only for good classes
         assert server.is_valid_access_token((await tm.get_token("good")).access_token)
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+async def test_aclose_is_idempotent_and_safe_to_cancel(server: FakeOAuthServer) -> None:
+    """A cancelled aclose() (shutdown under a timeout) must not leave the refresh, the owned
+    session or the store open: a later aclose() finishes the same close."""
+    tm = TokenManager(retry=FAST_RETRY, close_timeout=60)
+    await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+    server.hold()
+    caller = asyncio.create_task(tm.get_token("k"))
+    await server.wait_for_token_requests(1)
+    closing = asyncio.create_task(tm.aclose())
+    await asyncio.wait({closing}, timeout=0.05)  # closing waits for the held refresh
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    assert tm.closed
+    # The close goes on: a second aclose() does not return while the refresh is pending...
+    second = asyncio.create_task(tm.aclose())
+    await asyncio.wait({second}, timeout=0.05)
+    assert not second.done()
+    server.release()
+    await second  # ...and returns once it finished and everything is closed.
+    assert await caller is not None
+    assert refresh_tasks("k") == []
+    assert tm._token_session is not None
+    assert tm._token_session.closed
+    await tm.aclose()  # idempotent
+
+
+async def test_failures_are_bounded_by_cache_size(server: FakeOAuthServer) -> None:
+    """Remembered failures never outgrow cache_size (unknown tenant ids add none at all)."""
+    async with TokenManager(
+        provider_factory=lambda key: None, cache_size=10, retry=FAST_RETRY
+    ) as tm:
+        for i in range(200):
+            with pytest.raises(KeyError):
+                await tm.get_token(f"unknown-{i}")
+        assert len(tm._failures) <= 10, f"{len(tm._failures)} failures kept for cache_size=10"
+
+
+async def test_registering_a_fixed_provider_ends_the_cooldown(
+    server: FakeOAuthServer,
+) -> None:
+    """add() replaces the provider but leaves _failures alone (cleared only when a seed is
+    actually written; add(overwrite=True) without a seed returns before clearing, although the
+    README says overwrite=True clears the cooldown). After fixing a wrong client secret,
+    get_token keeps failing fast with the OLD provider's error for error_cooldown seconds,
+    without trying the new provider (the stored refresh token is fine: nothing to re-seed)."""
+    async with TokenManager(retry=FAST_RETRY) as tm:
+        wrong = KeliwebProvider(server.client_id, "wrong-secret", token_url=server.token_url)
+        await tm.add("k", wrong, refresh_token=server.issue_refresh_token())
+        with pytest.raises(InvalidClientError):
+            await tm.get_token("k")
+        await tm.add("k", keliweb(server))  # the operator fixes the secret
+        await tm.add("k", keliweb(server), overwrite=True)  # ... and insists
+        token = await tm.get_token("k")
+        assert server.is_valid_access_token(token.access_token)
+
+
+async def test_overwrite_during_a_refresh_fences_it_off(
+    server: FakeOAuthServer,
+) -> None:
+    """add(overwrite=True) calls _forget() but, unlike remove(), does not wait for (or fence
+    off) a refresh in flight: that refresh, made with the REPLACED refresh token, finishes,
+    fails its compare-and-swap, and still _remember()s its token, which get_token then serves
+    for up to an hour instead of using the new credential."""
+    old_seed = server.issue_refresh_token()
+    async with TokenManager(retry=FAST_RETRY) as tm:
+        await tm.add("k", keliweb(server), refresh_token=old_seed)
+        server.hold()
+        pending = asyncio.create_task(tm.get_token("k"))
+        await server.wait_for_token_requests(1)
+        new_seed = server.issue_refresh_token()
+        assert await tm.add("k", keliweb(server), refresh_token=new_seed, overwrite=True)
+        server.release()
+        await pending
+        await tm.get_token("k")
+    assert [r.refresh_token for r in server.requests] == [old_seed, new_seed]
+
+
+async def test_invalidate_interval_zero_disables_the_guard(
+    server: FakeOAuthServer,
+) -> None:
+    """invalidate_interval=0 is implemented as a TTLCache with ttl=1e-9 on the manager's
+    clock; an injected clock that has not moved (FakeClock, the documented test clock) keeps
+    the key "recently invalidated" forever, so the second rejection is refused."""
+    async with TokenManager(clock=FakeClock(), retry=FAST_RETRY, invalidate_interval=0) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        first = await tm.get_token("k")
+        assert await tm.invalidate("k", first)
+        second = await tm.get_token("k")
+        assert second.access_token != first.access_token
+        assert await tm.invalidate("k", second), "refused although invalidate_interval=0"

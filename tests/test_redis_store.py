@@ -254,14 +254,15 @@ async def test_lease_of_a_killed_holder_expires(
 async def test_lease_lost_before_release_is_a_warning_not_an_error(
     redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    slow = RedisStore(redis_url, prefix=redis_prefix, lock_ttl=0.2, poll_interval=0.01)
+    slow = RedisStore(redis_url, prefix=redis_prefix, lock_ttl=5, poll_interval=0.01)
     other = RedisStore(redis_url, prefix=redis_prefix, poll_interval=0.01)
+    raw = redis.asyncio.Redis.from_url(redis_url)
     try:
         other_in = asyncio.Event()
         slow_out = asyncio.Event()
 
         async def take_over() -> None:
-            async with other.lock("k", timeout=5):  # succeeds once slow's lease expired
+            async with other.lock("k", timeout=5):  # succeeds once slow's lease is gone
                 other_in.set()
                 await slow_out.wait()
                 # slow's release must not have deleted our lock
@@ -271,13 +272,31 @@ async def test_lease_lost_before_release_is_a_warning_not_an_error(
 
         with caplog.at_level(logging.WARNING, logger="asynctoken"):
             async with slow.lock("k", timeout=1):
+                await raw.delete(redis_prefix + "lock:k")  # the lease is lost (failover, ...)
                 task = asyncio.create_task(take_over())
                 await other_in.wait()
             slow_out.set()
             await task
         assert "expired before it was released" in caplog.text
     finally:
+        await raw.aclose()
         await slow.aclose()
+        await other.aclose()
+
+
+async def test_a_held_lease_is_renewed(redis_url: str, redis_prefix: str) -> None:
+    holder = RedisStore(redis_url, prefix=redis_prefix, lock_ttl=0.3, poll_interval=0.01)
+    other = RedisStore(redis_url, prefix=redis_prefix, poll_interval=0.01)
+    try:
+        async with holder.lock("k", timeout=1):
+            # Held for more than three lease lengths: without renewal it would have expired.
+            with pytest.raises(StoreLockTimeoutError):
+                async with other.lock("k", timeout=1.0):
+                    pass
+        async with other.lock("k", timeout=1.0):  # released: free at once
+            pass
+    finally:
+        await holder.aclose()
         await other.aclose()
 
 

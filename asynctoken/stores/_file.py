@@ -332,9 +332,8 @@ class FileStore:
     async def _acquire_local(
         self, local: asyncio.Lock, key: str, timeout: float, deadline: float
     ) -> None:
-        if not local.locked():
-            await local.acquire()  # free: returns at once
-            return
+        # Always under the deadline: a lock that reports itself free may still be promised to
+        # a waiter that was woken but has not run yet, and then acquire() queues behind it.
         acquired = False
         with anyio.move_on_after(deadline - asyncio.get_running_loop().time()):
             await local.acquire()

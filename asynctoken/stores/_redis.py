@@ -55,6 +55,12 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """
 
+# Extend a lock's lease only if it still carries our random token.
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # Release a lock only if it still carries our random token (it may have expired and been taken).
 _UNLOCK_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -132,6 +138,7 @@ class RedisStore:
         "_pending",
         "_poll_interval",
         "_prefix",
+        "_renew_script",
         "_replace_script",
         "_scan_count",
         "_secret",
@@ -193,6 +200,7 @@ class RedisStore:
         self._scan_count = scan_count
         self._replace_script = self._client.register_script(_REPLACE_LUA)
         self._unlock_script = self._client.register_script(_UNLOCK_LUA)
+        self._renew_script = self._client.register_script(_RENEW_LUA)
         # Lock releases that outlive a cancelled caller; awaited by aclose().
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -304,11 +312,35 @@ class RedisStore:
                     key=key,
                 )
             await asyncio.sleep(min(self._poll_interval, remaining))
+        # Renewed while held, so a slow refresh never outlives its lease; a crashed holder
+        # stops renewing and its lease ends within lock_ttl.
+        renewer = loop.create_task(self._renew(name, token, ttl_ms, key), name="asynctoken-lease")
+        self._pending.add(renewer)
+        renewer.add_done_callback(self._pending.discard)
         try:
             yield
         finally:
+            renewer.cancel()
             # Shielded: a caller cancelled now still frees the lock instead of waiting out its TTL.
             await asyncio.shield(self._spawn_unlock(name, token, key))
+
+    async def _renew(self, name: str, token: str, ttl_ms: int, key: str) -> None:
+        """Extend our lease every third of ``lock_ttl`` while the lock is held."""
+        while True:
+            await asyncio.sleep(self._lock_ttl / 3)
+            try:
+                async with self._guard("lock renewal", key):
+                    still_ours = await self._renew_script(keys=[name], args=[token, ttl_ms])
+            except StoreError as exc:
+                _log.warning("[%s] could not renew the refresh lock: %s", key, exc.message)
+                continue
+            if not still_ours:
+                _log.warning(
+                    "[%s] the refresh lock at %s was lost before it could be renewed",
+                    key,
+                    self._location,
+                )
+                return
 
     async def aclose(self) -> None:
         """Finish pending lock releases, then close the client if this store created it."""

@@ -1,0 +1,119 @@
+"""The manager over real stores: rotated refresh tokens survive a store that refuses writes,
+and a Redis lease outlives the slowest refresh."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from asynctoken import FileStore, KeliwebProvider, RedisStore, RetryPolicy, TokenManager
+from asynctoken.testing import FakeClock, FakeOAuthServer
+
+FAST_RETRY = RetryPolicy(attempts=4, deadline=10.0, initial_delay=0.01, max_delay=0.02)
+
+
+def keliweb(server: FakeOAuthServer, **kwargs: Any) -> KeliwebProvider:
+    return KeliwebProvider(
+        client_id=server.client_id,
+        client_secret=server.client_secret,
+        token_url=server.token_url,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOAuthServer]:
+    async with FakeOAuthServer("keliweb", expires_in=3600) as srv:
+        yield srv
+
+
+class BrokenWrites:
+    """Make every FileStore write fail for real, while reads and refresh locks keep working:
+    the store-wide write lock path becomes a directory, so opening it fails with EISDIR."""
+
+    def __init__(self, path: Path) -> None:
+        self.lock_path = Path(str(path) + ".lock")
+
+    def __enter__(self) -> BrokenWrites:
+        if self.lock_path.exists():
+            self.lock_path.unlink()
+        self.lock_path.mkdir()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock_path.rmdir()
+
+
+async def test_a_refused_rotation_is_written_once_the_store_recovers(
+    server: FakeOAuthServer, tmp_path: Path
+) -> None:
+    """The store refused the rotated refresh token, then recovered. aclose() never writes the
+    kept (unsaved) token, so after a restart the store's refresh token is the dead one."""
+    path = tmp_path / "tokens.json"
+    tm = TokenManager(store=FileStore(path), retry=FAST_RETRY)
+    await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+    with BrokenWrites(path):
+        first = await tm.get_token("k")  # rotated by the server; the save fails
+    assert server.is_valid_refresh_token(first.refresh_token or "")
+    await tm.aclose()  # the store works again: this is the moment to write it
+    stored = await FileStore(path).get("k")
+    assert stored is not None
+    assert stored.refresh_token == first.refresh_token, "rotated refresh token lost at close"
+
+
+async def test_another_worker_never_refreshes_with_the_refused_refresh_token(
+    server: FakeOAuthServer, tmp_path: Path
+) -> None:
+    """Manager A's save fails; the store recovers. A keeps its token in memory until ITS next
+    refresh (an hour later), so manager B (another worker on the same FileStore) refreshes
+    with the refresh token A already used: reuse, the whole family is revoked."""
+    path = tmp_path / "tokens.json"
+    clock = FakeClock()
+    a = TokenManager(store=FileStore(path), clock=clock, retry=FAST_RETRY)
+    b = TokenManager(store=FileStore(path), clock=clock, retry=FAST_RETRY)
+    try:
+        await a.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        await b.add("k", keliweb(server))
+        await a.get_token("k")
+        await b.get_token("k")  # picks A's token up from the store
+        assert server.token_requests == 1
+        clock.advance(3600)
+        with BrokenWrites(path):
+            await a.get_token("k")  # A refreshes; the server rotates; the save fails
+        # The store works again. B's cached token is expired too: B refreshes.
+        await b.get_token("k")
+        assert server.reuse_detected == 0
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_redis_lease_outlives_a_slow_refresh_with_password_fallback(
+    server: FakeOAuthServer, redis_url: str, redis_prefix: str
+) -> None:
+    """README: keep lock_ttl above "the retry deadline plus one request timeout". The lease is
+    never renewed, and request_token's password fallback runs a SECOND full retry chain under
+    the same lease (the save's retries too). Here lock_ttl = 1.3 s > deadline 0.1 + timeout
+    1.0, yet host B takes the expired lease while A is still refreshing, and both refresh."""
+    provider = keliweb(server, username="user@example.com", password="pw", timeout=1.0)
+    retry = RetryPolicy(attempts=1, deadline=0.1)
+    a = TokenManager(store=RedisStore(redis_url, prefix=redis_prefix, lock_ttl=1.3), retry=retry)
+    b = TokenManager(store=RedisStore(redis_url, prefix=redis_prefix, lock_ttl=1.3), retry=retry)
+    try:
+        # A refresh token unused for 10 days: the manager logs in again with the password.
+        await a.add("k", provider, refresh_token="def50200" + "0" * 40)
+        await b.add("k", provider)
+        server.delay_next(0.8, n=2)  # each answer within the 1 s timeout
+        host_a = asyncio.create_task(a.get_token("k"))
+        await server.wait_for_token_requests(1)  # A holds the refresh lock
+        host_b = asyncio.create_task(b.get_token("k"))
+        await asyncio.gather(host_a, host_b)
+        # A's two requests (dead refresh token, then password) are this expiry's only ones.
+        assert server.token_requests == 2, [r.grant_type for r in server.requests]
+    finally:
+        await a.aclose()
+        await b.aclose()
