@@ -133,14 +133,29 @@ class MalformedResponseError(TokenError):
     Attributes:
         status: the HTTP status code.
         reason: what was wrong (``"invalid JSON"``, ``"missing access_token"``, …).
+        refresh_token: the new refresh token the answer carried anyway (a JSON
+            ``refresh_token``, or ERPeasy's cookie), else ``None``. A server that answered 2xx
+            has usually rotated already, so this is the credential's only working refresh
+            token. A secret: never part of ``str()``, ``repr()`` or ``args``.
     """
 
     def __init__(
-        self, message: str, *, status: int | None = None, reason: str, key: str | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        reason: str,
+        key: str | None = None,
+        refresh_token: str | None = None,
     ) -> None:
         super().__init__(message, key=key)
         self.status = status
         self.reason = reason
+        self.refresh_token = refresh_token
+
+    def __repr__(self) -> str:
+        # Spelled out rather than inherited, so that the secret attribute can never slip in.
+        return f"{type(self).__name__}({self.message!r})"
 
 
 class StoreError(TokenError):

@@ -7,6 +7,7 @@ manager's single flight, so any number of requests rejected together cause one t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Iterable
@@ -19,6 +20,7 @@ from yarl import URL
 from ._errors import ConfigurationError
 from ._secrets import mask
 from ._token import Token
+from .providers._http import is_loopback_host
 
 if TYPE_CHECKING:
     from aiohttp.client_middlewares import ClientHandlerType
@@ -37,6 +39,7 @@ _ERROR_PARAM: Final = re.compile(r'(?:^|[\s,])error\s*=\s*(?:"([^"]*)"|([^\s,]+)
 _BEARER: Final = re.compile(r"(?:^|,)\s*bearer(?:\s|,|$)", re.IGNORECASE)
 # Reading a small 401 body lets its connection go back to the pool instead of being closed.
 _DRAIN_LIMIT: Final = 64 * 1024
+_CLEAR_TEXT_SCHEMES: Final = frozenset({"http", "ws"})
 
 
 class TokenMiddleware:
@@ -69,10 +72,13 @@ class TokenMiddleware:
 
     For every request it awaits :meth:`TokenManager.get_token` (a dict lookup while the cached
     token is fresh) and sets ``Authorization``. When the response is a 401 that a new token can
-    fix, it releases that response, calls :meth:`TokenManager.invalidate` with exactly the token
-    this request sent (a newer token obtained meanwhile by another request is kept), gets a token
-    again (many requests rejected at once share one refresh) and sends the request once more.
-    It never retries twice: a 401 to the retried request is returned to the caller as is.
+    fix, it calls :meth:`TokenManager.invalidate` with exactly the token this request sent (a
+    newer token obtained meanwhile by another request is kept) and gets a token again (many
+    requests rejected at once share one refresh); only if that is another token does it release
+    the 401 and send the request once more. It never retries twice: a 401 to the retried request
+    is returned to the caller as is, and so is a 401 that is not retried (the manager kept the
+    token because it had just replaced a rejected one, or the body cannot be sent again), with
+    its body still readable.
 
     Which 401s are retried:
 
@@ -94,6 +100,11 @@ class TokenMiddleware:
     carry the token to another host. Pass ``origins`` explicitly when one session talks to
     several hosts of the same API.
 
+    A bearer token is never sent in clear text to another machine: an ``http://`` origin whose
+    host is not loopback (``localhost``, 127.0.0.0/8, ``::1``) is refused with
+    :class:`~asynctoken.ConfigurationError` (when ``origins`` are given, at construction; else
+    for the first request, before anything is sent), unless ``allow_insecure_http=True``.
+
     Token requests made by the manager never pass through this middleware, even when the manager
     was given the session the middleware is installed on: the manager sends them on its own
     session without middlewares.
@@ -104,12 +115,24 @@ class TokenMiddleware:
         origins: URLs (only scheme, host and port count) the token may be sent to; ``None`` pins
             it to the first request's origin.
         require_invalid_token: retry only 401s that carry ``Bearer error="invalid_token"``.
+        allow_insecure_http: send the token over plain ``http://`` to hosts that are not
+            loopback too (the token can then be read by anyone on the network path).
 
     Raises:
-        ConfigurationError: ``key`` is empty or an origin is not an absolute URL.
+        ConfigurationError: ``key`` is empty, an origin is not an absolute URL, or an origin is
+            plain ``http://`` to a non-loopback host without ``allow_insecure_http``. Also
+            raised by a request to such an origin when it would be the first request's origin.
     """
 
-    __slots__ = ("_header", "_key", "_manager", "_origins", "_require_invalid_token", "_sent")
+    __slots__ = (
+        "_allow_insecure_http",
+        "_header",
+        "_key",
+        "_manager",
+        "_origins",
+        "_require_invalid_token",
+        "_sent",
+    )
 
     def __init__(
         self,
@@ -118,19 +141,25 @@ class TokenMiddleware:
         *,
         origins: Iterable[str | URL] | None = None,
         require_invalid_token: bool = False,
+        allow_insecure_http: bool = False,
     ) -> None:
         if not isinstance(key, str) or not key:
             raise ConfigurationError("key must be a non-empty string")
         if isinstance(origins, (str, URL)):
             raise ConfigurationError("origins must be an iterable of URLs, not a single URL")
+        if not isinstance(allow_insecure_http, bool):
+            raise ConfigurationError("allow_insecure_http must be True or False")
         self._manager = manager
         self._key = key
         self._require_invalid_token = bool(require_invalid_token)
+        self._allow_insecure_http = allow_insecure_http
         self._origins: frozenset[_Origin] | None = None
         if origins is not None:
             parsed = frozenset(_parse_origin(origin) for origin in origins)
             if not parsed:
                 raise ConfigurationError("origins must not be empty; pass None for the default")
+            for origin in sorted(parsed, key=_origin_text):
+                self._check_secure(origin)
             self._origins = parsed
         # The last token sent and its header value, so a cached token costs no string building.
         self._sent: Token | None = None
@@ -144,11 +173,14 @@ class TokenMiddleware:
         Raises:
             TokenError: no token could be had for the key (the manager's errors, e.g.
                 :class:`~asynctoken.InvalidGrantError`), before or after a 401.
+            ConfigurationError: the request would pin the token to a plain ``http://`` origin
+                that is not loopback, and ``allow_insecure_http`` is off. Nothing was sent.
         """
         url = request.url
         origin = (url.scheme, url.raw_host, url.port)
         origins = self._origins
         if origins is None:
+            self._check_secure(origin)  # every pinned or given origin passed this check once
             self._origins = frozenset((origin,))
             logger.info(
                 "credential %r: the middleware sends its token to %s://%s:%s only (the first "
@@ -175,29 +207,50 @@ class TokenMiddleware:
         response: aiohttp.ClientResponse,
         token: Token,
     ) -> aiohttp.ClientResponse:
-        """The 401 path: invalidate the token this request sent and send it once more."""
+        """The 401 path: invalidate the token this request sent and send it once more.
+
+        Nothing is released before the retry is certain: a 401 that is not retried reaches the
+        caller untouched, its body still readable.
+        """
         if not self._token_rejected(response):
             return response
-        if _replayable(request.body):
-            await _discard(response)
-            if _replayable(request.body):
-                await self._manager.invalidate(self._key, token)
-                logger.debug(
-                    "credential %r: access token %s rejected with 401; retrying once",
-                    self._key,
-                    mask(token.access_token),
-                )
-                fresh = await self._manager.get_token(self._key)
-                if fresh.access_token == token.access_token:
-                    # The manager refused to drop it (it just replaced a rejected token):
-                    # sending the same token again cannot help.
-                    return response
-                request.headers[hdrs.AUTHORIZATION] = fresh.authorization
-                return await handler(request)
-            # The body writer got further while the 401 was being drained. The response is
-            # released, but a small body was read first, so the caller can still inspect it.
-        # The token is still dropped, so that the caller's next request gets a new one.
-        await self._manager.invalidate(self._key, token)
+        try:
+            # Dropped whatever happens next, so that the caller's next request gets a new one.
+            await self._manager.invalidate(self._key, token)
+            if not _replayable(request.body):
+                self._not_replayable(request)
+                return response
+            fresh = await self._manager.get_token(self._key)
+        except BaseException:
+            response.release()
+            raise
+        if fresh.access_token == token.access_token:
+            # The manager refused to drop it (it just replaced a rejected token): sending the
+            # same token again cannot help.
+            logger.debug(
+                "credential %r: access token %s rejected with 401 again; not retrying",
+                self._key,
+                mask(token.access_token),
+            )
+            return response
+        await _drain(response)
+        # Checked again right before the release: the body writer may have got further while
+        # the manager and the drain were awaited. From here to the release nothing awaits.
+        if not _replayable(request.body):
+            self._not_replayable(request)
+            return response
+        logger.debug(
+            "credential %r: access token %s rejected with 401; retrying once",
+            self._key,
+            mask(token.access_token),
+        )
+        response.release()
+        # Let the cancelled body writer settle before the body is written again.
+        await response.wait_for_close()
+        request.headers[hdrs.AUTHORIZATION] = fresh.authorization
+        return await handler(request)
+
+    def _not_replayable(self, request: aiohttp.ClientRequest) -> None:
         logger.warning(
             "credential %r: %s %s answered 401, but its body (%s) was consumed and cannot be "
             "sent again; the 401 is returned without a retry",
@@ -206,7 +259,21 @@ class TokenMiddleware:
             request.url.with_query(None),
             type(request.body).__name__,
         )
-        return response
+
+    def _check_secure(self, origin: _Origin) -> None:
+        """Refuse a clear-text origin on another machine, unless ``allow_insecure_http``."""
+        scheme, host, _ = origin
+        if (
+            scheme.lower() in _CLEAR_TEXT_SCHEMES
+            and not self._allow_insecure_http
+            and not is_loopback_host(host)
+        ):
+            raise ConfigurationError(
+                f"refusing to send the access token over plain {scheme} to "
+                f"{_origin_text(origin)}, which is not a loopback host (anyone on "
+                "the way could read and reuse it); use https, or pass allow_insecure_http=True",
+                key=self._key,
+            )
 
     def _token_rejected(self, response: aiohttp.ClientResponse) -> bool:
         """Whether a 401 means "this access token is no good" (so a new one may help)."""
@@ -223,12 +290,18 @@ class TokenMiddleware:
         origins = (
             "first request"
             if self._origins is None
-            else sorted(str(URL.build(scheme=s, host=h or "", port=p)) for s, h, p in self._origins)
+            else sorted(_origin_text(origin) for origin in self._origins)
         )
+        insecure = ", allow_insecure_http=True" if self._allow_insecure_http else ""
         return (
             f"TokenMiddleware(key={self._key!r}, origins={origins!r}, "
-            f"require_invalid_token={self._require_invalid_token})"
+            f"require_invalid_token={self._require_invalid_token}{insecure})"
         )
+
+
+def _origin_text(origin: _Origin) -> str:
+    scheme, host, port = origin
+    return str(URL.build(scheme=scheme, host=host or "", port=port))
 
 
 def _parse_origin(value: str | URL) -> _Origin:
@@ -248,15 +321,14 @@ def _replayable(body: object) -> bool:
     return not consumed
 
 
-async def _discard(response: aiohttp.ClientResponse) -> None:
-    """Release a response we are not returning, keeping its connection when that is cheap."""
-    try:
-        length = response.content_length
-        if length is not None and length <= _DRAIN_LIMIT:
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read a small body of a response about to be released, so its connection can be reused.
+
+    The body stays readable: if the response is returned after all, the caller reads it from
+    the buffer.
+    """
+    length = response.content_length
+    if length is not None and length <= _DRAIN_LIMIT:
+        # On failure the connection is closed on release; the retry opens a new one.
+        with contextlib.suppress(aiohttp.ClientError):
             await response.read()
-    except aiohttp.ClientError:
-        pass  # the connection is closed on release; the retry opens a new one
-    finally:
-        response.release()
-        # Let the cancelled body writer settle before the body is written again.
-        await response.wait_for_close()

@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from redis_server import RedisServer
 
 from asynctoken import FileStore, Token, __version__
 from asynctoken.cli import _DemoStats, _summarize
@@ -136,6 +138,64 @@ async def test_demo_one_request_per_expiry() -> None:
     assert "OK" in result.out
 
 
+async def test_help_documents_every_exit_code() -> None:
+    usage = await run_cli("status", "--help")
+    assert usage.code == 0
+    for code in ("0  success", "1  token", "2  usage", "3  store", "4  output", "5  unexpected"):
+        assert code in usage.out
+
+
+async def run_on_terminal(*args: str, term: str) -> tuple[int, bytes]:
+    """Run ``python -m asynctoken ARGS`` with stdout and stderr on a pseudo-terminal."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCTOKEN_")}
+    environ.pop("NO_COLOR", None)
+    environ["TERM"] = term
+    master, slave = pty.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asynctoken",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+            env=environ,
+        )
+    finally:
+        os.close(slave)
+
+    def read_all() -> bytes:
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+    try:
+        output = await asyncio.wait_for(asyncio.to_thread(read_all), 60)
+        code = await asyncio.wait_for(process.wait(), 30)
+    finally:
+        os.close(master)
+    return code, output
+
+
+@pytest.mark.parametrize(("term", "escapes"), [("dumb", False), ("xterm-256color", True)])
+async def test_demo_uses_escape_sequences_only_on_a_capable_terminal(
+    term: str, escapes: bool
+) -> None:
+    args = ("demo", "--workers", "20", "--seconds", "1", "--lifetime", "0.5")
+    code, output = await run_on_terminal(*args, term=term)
+    assert code == 0, output.decode(errors="replace")
+    assert b"calls served" in output
+    assert (b"\x1b[" in output) is escapes
+
+
 # ------------------------------------------------------------------------------- status
 
 
@@ -246,6 +306,102 @@ async def test_status_of_a_redis_store(redis_url: str, redis_prefix: str) -> Non
     assert down.code == 3
     assert "hunter2-password" not in down.err
     assert down.out == ""
+
+
+async def test_status_escapes_control_characters_from_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    key = "k\x1b[31mred\u202e"
+    store = FileStore(path)
+    await store.put(
+        key,
+        Token(
+            access_token="a" * 20,
+            expires_at=time.time() + 3600,
+            refresh_token="\x1b[2J" + "r" * 20,
+            provider="\x1b]0;title\x07",
+            token_type="\x1b[5mBearer",
+        ),
+    )
+    await store.aclose()
+    text = await run_cli("status", "--store", str(path))
+    assert text.code == 0, text.err
+    assert "\x1b" not in text.out
+    assert "\u202e" not in text.out
+    assert "k\\x1b[31mred\\u202e" in text.out
+    assert "\\x1b]0;title\\x07" in text.out
+    assert "1 credential in" in text.out
+    as_json = await run_cli("status", "--store", str(path), "--json")
+    assert as_json.code == 0, as_json.err
+    assert "\x1b" not in as_json.out
+    [row] = json.loads(as_json.out)
+    assert row["key"] == key  # JSON escapes, and keeps the exact value
+    assert row["token_type"] == "\x1b[5mBearer"
+
+
+async def test_status_lists_many_keys_in_batches(redis_url: str, redis_prefix: str) -> None:
+    from asynctoken import RedisStore
+
+    store = RedisStore(redis_url, prefix=redis_prefix, scan_count=7)
+    keys = [f"tenant-{i:03d}" for i in range(250)]
+    for key in keys:
+        await store.put(key, Token(access_token="", expires_at=0, provider="keliweb"))
+    await store.delete("tenant-100")
+    await store.aclose()
+    as_json = await run_cli("status", "--store", redis_url, "--prefix", redis_prefix, "--json")
+    assert as_json.code == 0, as_json.err
+    assert sorted(row["key"] for row in json.loads(as_json.out)) == sorted(
+        k for k in keys if k != "tenant-100"
+    )
+    text = await run_cli("status", "--store", redis_url, "--prefix", redis_prefix)
+    assert text.code == 0, text.err
+    assert text.out.count("tenant-") == 249
+    assert "249 credentials in redis://" in text.out
+
+
+async def test_status_takes_a_redis_url_in_any_case(redis_url: str, redis_prefix: str) -> None:
+    upper = "REDIS" + redis_url[len("redis") :]
+    result = await run_cli("status", "--store", upper, "--prefix", redis_prefix, "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out) == []
+
+
+@pytest.fixture
+def redis_with_password() -> Iterator[tuple[RedisServer, str]]:
+    password = "hunter2-redis-password-0123456789"
+    server = RedisServer(extra_args=["--requirepass", password])
+    server.start()
+    try:
+        yield server, password
+    finally:
+        server.stop()
+
+
+async def test_cli_status_hides_a_redis_password_given_as_query(
+    redis_with_password: tuple[RedisServer, str],
+) -> None:
+    """Regression: redis-py takes the password from ``?password=``; RedisStore redacts it, the
+    CLI's own store label (footer of status, add, refresh) did not."""
+    server, password = redis_with_password
+    url = f"redis://127.0.0.1:{server.port}/0?password={password}"
+    result = await run_cli("status", "--store", url, "--no-color")
+    code, out, err = result.code, result.out, result.err
+    assert code == 0, err
+    assert "0 credentials in" in out
+    assert password not in out
+    assert password not in err
+
+
+async def test_cli_status_json_lists_a_redis_store_under_a_query_password(
+    redis_with_password: tuple[RedisServer, str],
+) -> None:
+    """Same store, --json: works and prints nothing secret (control for the test above)."""
+    server, password = redis_with_password
+    url = f"redis://127.0.0.1:{server.port}/0?password={password}"
+    result = await run_cli("status", "--store", url, "--json")
+    code, out, err = result.code, result.out, result.err
+    assert code == 0, err
+    assert json.loads(out) == []
+    assert password not in out + err
 
 
 # ------------------------------------------------------------------------------- add, refresh
@@ -405,6 +561,133 @@ async def test_invalid_grant(server: FakeOAuthServer, tmp_path: Path) -> None:
     unknown = await run_cli("refresh", "other", *provider_args(server, path), env=env)
     assert unknown.code == 1
     assert "no credential named 'other'" in unknown.err
+
+
+async def test_cli_bad_idna_token_url_is_a_usage_error(tmp_path: os.PathLike[str]) -> None:
+    result = await run_cli(
+        "add",
+        "x",
+        "--store",
+        os.path.join(tmp_path, "t.json"),
+        "--provider",
+        "oauth2",
+        "--client-id",
+        "c",
+        "--token-url",
+        "https://xn--a-/oauth/token",
+        env={"ASYNCTOKEN_CLIENT_SECRET": "s" * 20, "ASYNCTOKEN_REFRESH_TOKEN": "r" * 20},
+    )
+    code, _out, err = result.code, result.out, result.err
+    assert "Traceback" not in err
+    assert code == 2
+
+
+@pytest.mark.parametrize("redirect", [">&-", ">/dev/full"])
+async def test_cli_unwritable_stdout_is_reported_without_traceback(
+    tmp_path: os.PathLike[str], redirect: str
+) -> None:
+    path = os.path.join(tmp_path, "t.json")
+    store = FileStore(path)
+    await store.put("k", Token(access_token="a" * 20, expires_at=2e9, refresh_token="r" * 20))
+    await store.aclose()
+    process = await asyncio.create_subprocess_shell(
+        f"{sys.executable} -m asynctoken status --store {path} {redirect}",
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert b"Traceback" not in err, err.decode()[-400:]
+    assert process.returncode != 1  # 1 means "token or endpoint error"
+
+
+@pytest.mark.parametrize(
+    ("redirect", "message"),
+    [(">&-", "standard output is closed"), (">/dev/full", "No space left on device")],
+)
+async def test_unwritable_stdout_has_its_own_exit_code(
+    tmp_path: Path, redirect: str, message: str
+) -> None:
+    path = tmp_path / "t.json"
+    store = FileStore(path)
+    await store.put("k", Token(access_token="a" * 20, expires_at=2e9, refresh_token="r" * 20))
+    await store.aclose()
+    process = await asyncio.create_subprocess_shell(
+        f"{sys.executable} -m asynctoken status --store {path} {redirect}",
+        stdin=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    lines = err.decode().splitlines()
+    assert process.returncode == 4
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("asynctoken: error: ")
+    assert message in lines[0]
+
+
+async def test_a_closed_reader_ends_quietly(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    store = FileStore(path)
+    await store.put("k", Token(access_token="a" * 20, expires_at=2e9))
+    await store.aclose()
+    read, write = os.pipe()
+    os.close(read)  # `asynctoken status | head -0`
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "asynctoken",
+            "status",
+            "--store",
+            str(path),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    finally:
+        os.close(write)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
+    assert err == b""
+
+
+_CRASH = """
+import sys
+import asynctoken.cli as cli
+
+async def crash(*_args):
+    raise RuntimeError("do-not-print-this-0123456789")
+
+cli.cmd_status = crash
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+async def test_unexpected_error_is_one_line_unless_verbose(tmp_path: Path, verbose: bool) -> None:
+    path = tmp_path / "t.json"
+    path.write_text("{}")
+    args = ["status", "--store", str(path), *(["-v"] if verbose else [])]
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CRASH,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    text = err.decode()
+    assert process.returncode == 5
+    assert out == b""
+    assert text.splitlines()[-1] == (
+        "asynctoken: error: unexpected RuntimeError; run with -v for the traceback"
+    )
+    if verbose:
+        assert "Traceback" in text
+    else:
+        assert len(text.splitlines()) == 1
+        assert "do-not-print-this" not in text
 
 
 # ------------------------------------------------------------------------------- demo verdict

@@ -13,12 +13,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from asynctoken import (
     ConfigurationError,
     InvalidGrantError,
     KeliwebProvider,
     RetryPolicy,
+    TokenError,
     TokenManager,
     TokenMiddleware,
 )
@@ -264,6 +266,92 @@ async def test_challenge_parsing_ignores_error_description(
     assert hits == 2
 
 
+async def test_middleware_401_returned_without_retry_keeps_a_readable_body(
+    server: FakeOAuthServer,
+) -> None:
+    """Regression: when the manager refuses the invalidation (second 401 within
+    invalidate_interval), the middleware used to hand back the 401 it had already released, its
+    (chunked) body gone. A 401 that is not retried must come back unreleased."""
+    body = b'{"message":"Unauthenticated."}'
+
+    async def always_401(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        resp = web.StreamResponse(status=401)
+        resp.content_type = "application/json"
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(body)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_route("*", "/api", always_401)
+    async with TestServer(app, host="127.0.0.1") as api, TokenManager() as tm:
+        await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+        async with aiohttp.ClientSession(middlewares=[tm.middleware(KEY)]) as http:
+            bodies: list[bytes | str] = []
+            for _ in range(2):
+                async with http.get(api.make_url("/api")) as resp:
+                    assert resp.status == 401
+                    try:
+                        bodies.append(await resp.read())
+                    except aiohttp.ClientError as exc:
+                        bodies.append(repr(exc))
+    assert bodies == [body, body]
+
+
+async def test_retrying_once_is_logged_only_when_retrying(
+    server: FakeOAuthServer,
+    app_server: Callable[[web.Application], Awaitable[TestServer]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hits = 0
+
+    async def always_401(_: web.Request) -> web.Response:
+        nonlocal hits
+        hits += 1
+        return invalid_token()
+
+    api = await app_server(app_with("/x", always_401))
+    async with TokenManager(retry=FAST_RETRY) as tm:  # default invalidate_interval
+        await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+        async with aiohttp.ClientSession(middlewares=[tm.middleware(KEY)]) as http:
+            with caplog.at_level(logging.DEBUG, logger="asynctoken"):
+                async with http.get(api.make_url("/x")) as resp:  # retried once
+                    assert resp.status == 401
+            assert caplog.text.count("retrying once") == 1
+            assert hits == 2
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="asynctoken"):
+                async with http.get(api.make_url("/x")) as resp:  # the manager keeps the token
+                    assert resp.status == 401
+                    assert await resp.json() == {"error": "invalid_token"}
+            assert "retrying once" not in caplog.text
+            assert "not retrying" in caplog.text
+            assert hits == 3
+    assert server.token_requests == 2
+
+
+async def test_middleware_with_bad_token_type_raises_token_error(server: FakeOAuthServer) -> None:
+    """Regression, end to end: a token_type with a line break used to be cached, and every API
+    call then failed with aiohttp's ValueError (header injection guard) instead of a
+    TokenError."""
+    server.fail_next(
+        status=200,
+        body={
+            "token_type": "Bearer\r\nX-Injected: yes",
+            "expires_in": 3600,
+            "access_token": "abc.def.ghi",
+        },
+    )
+    async with TokenManager() as tm:
+        await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+        async with aiohttp.ClientSession(middlewares=[tm.middleware(KEY)]) as http:
+            with pytest.raises(TokenError):
+                async with http.get(server.api_url):
+                    pass
+
+
 async def test_token_error_during_retry_is_raised(
     server: FakeOAuthServer, manager: TokenManager, session: aiohttp.ClientSession
 ) -> None:
@@ -452,6 +540,110 @@ async def test_explicit_origins(
     assert "origins=['http://127.0.0.1:" in repr(mw)
 
 
+# ------------------------------------------------------------------------------- plain http
+
+
+class _Stop(Exception):
+    """Raised by an inner middleware instead of sending: no DNS lookup, no connection."""
+
+
+def recorder(seen: list[str | None]) -> Any:
+    """An inner middleware that records the Authorization header and sends nothing."""
+
+    async def record(request: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+        seen.append(request.headers.get("Authorization"))
+        raise _Stop
+
+    return record
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.invalid/api",
+        "http://10.0.0.1:8080/api",
+        "http://localhost./api",
+        "http://localhost.example.invalid/api",
+        "http://[::ffff:127.0.0.1]/api",
+    ],
+)
+async def test_plain_http_to_another_host_is_refused_before_sending(
+    server: FakeOAuthServer,
+    manager: TokenManager,
+    app_server: Callable[[web.Application], Awaitable[TestServer]],
+    url: str,
+) -> None:
+    token = await manager.get_token(KEY)
+    seen: list[str | None] = []
+    mw = manager.middleware(KEY)
+    async with aiohttp.ClientSession(middlewares=[mw, recorder(seen)]) as http:
+        with pytest.raises(ConfigurationError) as info:
+            await http.get(url)
+    assert seen == []  # the request never got past the middleware: nothing was sent
+    message = str(info.value)
+    assert "plain http" in message
+    assert "allow_insecure_http=True" in message
+    assert str(URL(url).raw_host) in message  # names the origin...
+    assert token.access_token not in message  # ...never the token
+    assert info.value.key == KEY
+    assert "first request" in repr(mw)  # a refused origin is not pinned
+
+    # A refused first request pins nothing: the next one, to a loopback server, works.
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text=bearer(request) or "")
+
+    api = await app_server(app_with("/", ok))
+    async with aiohttp.ClientSession(middlewares=[mw]) as http, http.get(api.make_url("/")) as r:
+        assert await r.text() == token.access_token
+    assert server.token_requests == 1
+
+
+async def test_plain_http_to_loopback_is_allowed(
+    manager: TokenManager,
+    app_server: Callable[[web.Application], Awaitable[TestServer]],
+) -> None:
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=request.headers.get("Authorization", ""))
+
+    api = await app_server(app_with("/", echo))
+    assert api.make_url("/").scheme == "http"
+    token = await manager.get_token(KEY)
+    origins = [str(api.make_url("/"))]
+    for options in ({}, {"origins": origins}):
+        mw = manager.middleware(KEY, **options)
+        async with (
+            aiohttp.ClientSession(middlewares=[mw]) as http,
+            http.get(api.make_url("/")) as resp,
+        ):
+            assert await resp.text() == token.authorization
+
+
+async def test_plain_http_to_another_host_with_allow_insecure_http(
+    manager: TokenManager,
+) -> None:
+    token = await manager.get_token(KEY)
+    for options in (
+        {"allow_insecure_http": True},
+        {"allow_insecure_http": True, "origins": ["http://example.invalid"]},
+    ):
+        seen: list[str | None] = []
+        mw = manager.middleware(KEY, **options)
+        assert "allow_insecure_http=True" in repr(mw)
+        async with aiohttp.ClientSession(middlewares=[mw, recorder(seen)]) as http:
+            with pytest.raises(_Stop):
+                await http.get("http://example.invalid/api")
+        assert seen == [token.authorization]
+
+
+async def test_plain_http_origins_are_checked_at_construction(manager: TokenManager) -> None:
+    with pytest.raises(ConfigurationError, match=r"http://api\.example\.com"):
+        manager.middleware(KEY, origins=["https://api.example.com", "http://api.example.com"])
+    with pytest.raises(ConfigurationError, match="plain ws"):
+        manager.middleware(KEY, origins=["ws://api.example.com"])
+    mw = manager.middleware(KEY, origins=["http://127.0.0.1:8080", "http://[::1]:8080"])
+    assert "http://[::1]:8080" in repr(mw)
+
+
 @pytest.mark.parametrize(
     ("key", "options"),
     [
@@ -459,6 +651,8 @@ async def test_explicit_origins(
         (KEY, {"origins": "https://api.example.com"}),
         (KEY, {"origins": []}),
         (KEY, {"origins": ["/relative"]}),
+        (KEY, {"origins": ["http://api.example.com"]}),
+        (KEY, {"allow_insecure_http": "yes"}),
     ],
 )
 async def test_invalid_configuration(manager: TokenManager, key: str, options: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
+import traceback
 import types
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -30,6 +31,7 @@ from asynctoken import (
     TransientError,
 )
 from asynctoken.providers import ERPeasyProvider, KeliwebProvider, OAuth2Provider, Provider
+from asynctoken.testing import FakeOAuthServer
 
 KELIWEB_URL = "https://fatture.keliweb.it/oauth/token"
 ERPEASY_URL = "https://api.erpeasy.compels.net/oauth/token"
@@ -77,6 +79,16 @@ class _Mock(aioresponses):
 def mocked() -> Iterator[aioresponses]:
     with _Mock() as m:
         yield m
+
+
+@pytest.fixture
+async def oauth() -> AsyncIterator[FakeOAuthServer]:
+    async with FakeOAuthServer("keliweb", expires_in=3600) as srv:
+        yield srv
+
+
+def keliweb_for(server: FakeOAuthServer) -> KeliwebProvider:
+    return KeliwebProvider(server.client_id, server.client_secret, token_url=server.token_url)
 
 
 def sent(m: aioresponses, url: str = KELIWEB_URL) -> dict[str, Any]:
@@ -365,6 +377,14 @@ ERROR_CASES = [
      InvalidClientError, "invalid_client"),
     (401, {"error": "unauthorized", "error_description": "Bad credentials"}, {},
      InvalidClientError, "unauthorized"),
+    # Error codes compare case-insensitively; .error keeps the server's spelling.
+    (401, {"error": "Unauthorized", "error_description": "Bad credentials"}, {},
+     InvalidClientError, "Unauthorized"),
+    (400, {"error": "Invalid_Client"}, {}, InvalidClientError, "Invalid_Client"),
+    (400, {"error": "INVALID_GRANT"}, {}, InvalidGrantError, "INVALID_GRANT"),
+    (401, {"error": "Invalid_Token"}, {}, InvalidGrantError, "Invalid_Token"),
+    (401, {"error": "Invalid_Request", "error_description": "The refresh token is invalid."}, {},
+     InvalidGrantError, "Invalid_Request"),
     (401, b"", {"WWW-Authenticate": 'Basic realm="oauth2/client"'}, InvalidClientError, None),
     (400, {"error": "invalid_request", "error_description": "Missing parameter"}, {},
      TokenEndpointError, "invalid_request"),
@@ -488,6 +508,7 @@ async def test_password_grant_rejected(
         ),
         (400, b'{"error":"temporarily_unavailable"}', {"Retry-After": "3"}, 3.0),
         (200, b'{"error":"temporarily_unavailable"}', {"Retry-After": "1"}, 1.0),
+        (400, b'{"error":"Temporarily_Unavailable"}', {}, None),
     ],
 )
 async def test_transient_mapping(
@@ -543,7 +564,12 @@ async def test_network_errors_are_transient(
     assert type(exception).__name__ in str(exc)
     assert "acme-internal" not in str(exc)
     assert "/oauth2/token" not in str(exc)
-    assert exc.__cause__ is exception
+    # No chained exception: aiohttp's may quote raw header lines and hold the request's
+    # credentials in request_info (the type name and errno are kept in the message).
+    assert exc.__cause__ is None
+    assert exc.__context__ is None
+    if isinstance(exception, OSError) and exception.errno:
+        assert f"[Errno {exception.errno}]" in str(exc)
     if isinstance(exception, asyncio.TimeoutError):
         assert "timed out after 10 s" in str(exc)
 
@@ -574,7 +600,23 @@ MALFORMED_CASES = [
     (b'{"access_token": "abc", "expires_in": "soon"}', "application/json",
      "expires_in is not a number"),
     (b'{"access_token": "abc", "expires_in": "nan"}', "application/json",
+     "expires_in is not a number"),
+    (b'{"access_token": "abc", "expires_in": "3_600"}', "application/json",
+     "expires_in is not a number"),
+    (b'{"access_token": "abc", "expires_in": " 36 "}', "application/json",
+     "expires_in is not a number"),
+    (b'{"access_token": "abc", "expires_in": "inf"}', "application/json",
+     "expires_in is not a number"),
+    (b'{"access_token": "abc", "expires_in": "-60"}', "application/json",
+     "expires_in is not a number"),
+    (b'{"access_token": "abc", "expires_in": "\\u0663\\u0666"}', "application/json",
+     "expires_in is not a number"),
+    (b'{"access_token": "abc", "expires_in": "1e999"}', "application/json",
      "expires_in is negative or not finite"),
+    (b'{"access_token": "abc", "expires_in": 3600, "token_type": "Bearer x"}',
+     "application/json", "token_type is not a valid auth scheme"),
+    (b'{"access_token": "abc", "expires_in": 3600, "token_type": "Bearer\\r\\nX-Evil: 1"}',
+     "application/json", "token_type is not a valid auth scheme"),
     (b'{"access_token": "abc", "expires_in": 1e999}', "application/json",
      "expires_in is negative or not finite"),
     (b'{"access_token": "abc", "expires_in": true}', "application/json",
@@ -619,6 +661,151 @@ async def test_lenient_but_valid_answers(
     assert token.refresh_token is None
     assert token.scope is None
     assert token.token_type == "Bearer"
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "seconds"),
+    [(3600, 3600.0), (1.5, 1.5), ("60", 60.0), ("0", 0.0), ("90.25", 90.25), ("1e3", 1000.0)],
+)
+async def test_expires_in_numbers_and_numeric_strings(
+    expires_in: Any, seconds: float, mocked: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    mocked.post(KELIWEB_URL, payload={"access_token": ACCESS, "expires_in": expires_in})
+    token = await keliweb().fetch_token(session, refresh_token=REFRESH, issued_at=ISSUED_AT)
+    assert token.expires_at == ISSUED_AT + seconds
+
+
+@pytest.mark.parametrize("token_type", ["Bearer", "bearer", "MAC", "DPoP", "N_A", "x!#$%&'*+.^`|~"])
+async def test_token_type_that_is_an_auth_scheme_is_kept(
+    token_type: str, mocked: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    mocked.post(KELIWEB_URL, payload={**OK_BODY, "token_type": token_type})
+    token = await keliweb().fetch_token(session, refresh_token=REFRESH, issued_at=ISSUED_AT)
+    assert token.token_type == token_type
+
+
+async def test_token_type_with_line_break_is_a_malformed_answer(oauth: FakeOAuthServer) -> None:
+    """Regression: token_type goes into the Authorization header verbatim (Token.authorization),
+    but only access_token used to be checked for header-safe characters."""
+    oauth.fail_next(
+        status=200,
+        body={
+            "token_type": "Bearer\r\nX-Injected: yes",
+            "expires_in": 3600,
+            "access_token": "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.e30.sig",
+            "refresh_token": "def50200" + "ab" * 40,
+        },
+    )
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        with pytest.raises(MalformedResponseError):  # noqa: PT012 - pytest.fail names the leak
+            token = await keliweb_for(oauth).fetch_token(
+                http, refresh_token=oauth.issue_refresh_token(), issued_at=0.0
+            )
+            pytest.fail(f"accepted, Authorization would be {token.authorization!r}")
+
+
+# --- a malformed answer that rotated anyway -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ({"access_token": ACCESS}, "missing expires_in"),
+        ({"access_token": ACCESS, "expires_in": "soon"}, "expires_in is not a number"),
+        ({"access_token": ACCESS, "expires_in": 60, "scope": ["a"]}, "scope is not a string"),
+        (
+            {"access_token": ACCESS, "expires_in": 60, "token_type": "Bearer\r\nX: 1"},
+            "token_type is not a valid auth scheme",
+        ),
+        ({"access_token": 7, "expires_in": 60}, "access_token is not a string"),
+        ({"expires_in": 60}, "missing access_token"),
+    ],
+)
+async def test_malformed_answer_carries_its_new_refresh_token(
+    answer: dict[str, Any], reason: str, mocked: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    mocked.post(KELIWEB_URL, payload={**answer, "refresh_token": NEW_REFRESH})
+    with pytest.raises(MalformedResponseError) as info:
+        await keliweb().fetch_token(session, refresh_token=REFRESH, issued_at=ISSUED_AT)
+    exc = info.value
+    assert exc.reason == reason
+    assert exc.refresh_token == NEW_REFRESH
+    # A secret: not in the message, the repr, the args or a formatted traceback.
+    formatted = "".join(traceback.format_exception(exc))
+    for text in (str(exc), repr(exc), repr(exc.args), formatted):
+        assert NEW_REFRESH not in text
+        assert NEW_REFRESH[:12] not in text
+    assert repr(exc) == f"MalformedResponseError({exc.message!r})"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"access_token": ACCESS},
+        {"access_token": ACCESS, "refresh_token": ""},
+        {"access_token": ACCESS, "refresh_token": None},
+        {"access_token": ACCESS, "expires_in": 60, "refresh_token": 5},
+    ],
+)
+async def test_malformed_answer_without_a_usable_refresh_token(
+    answer: dict[str, Any], mocked: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    mocked.post(KELIWEB_URL, payload=answer)
+    with pytest.raises(MalformedResponseError) as info:
+        await keliweb().fetch_token(session, refresh_token=REFRESH, issued_at=ISSUED_AT)
+    assert info.value.refresh_token is None
+
+
+async def test_unparsable_answer_has_no_refresh_token(
+    mocked: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    mocked.post(KELIWEB_URL, status=200, body=f'{{"refresh_token": "{NEW_REFRESH}", ')
+    with pytest.raises(MalformedResponseError) as info:
+        await keliweb().fetch_token(session, refresh_token=REFRESH, issued_at=ISSUED_AT)
+    assert info.value.reason == "invalid JSON"
+    assert info.value.refresh_token is None
+
+
+@pytest.mark.parametrize(
+    ("body", "json_refresh"),
+    [
+        ({"access_token": ACCESS}, None),  # missing expires_in
+        ({"access_token": ACCESS, "refresh_token": REFRESH + "x"}, REFRESH + "x"),  # cookie wins
+        (b"<html>maintenance</html>", None),  # not even JSON: the cookie still counts
+    ],
+)
+async def test_erpeasy_malformed_answer_carries_the_refresh_cookie(
+    body: Any, json_refresh: str | None, mocked: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    cookie = {"Set-Cookie": f"refresh_token={NEW_REFRESH}; Path=/oauth/token; HttpOnly"}
+    if isinstance(body, dict):
+        mocked.post(ERPEASY_URL, payload=body, headers=cookie)
+    else:
+        mocked.post(ERPEASY_URL, body=body, headers=cookie, content_type="text/html")
+    with pytest.raises(MalformedResponseError) as info:
+        await erpeasy().fetch_token(session, refresh_token=REFRESH, issued_at=ISSUED_AT)
+    assert info.value.refresh_token == NEW_REFRESH
+    assert NEW_REFRESH not in str(info.value) + repr(info.value)
+    if json_refresh is not None:
+        assert json_refresh not in str(info.value) + repr(info.value)
+
+
+@pytest.mark.parametrize(
+    ("cookie", "expected"),
+    [
+        ("refresh_token=; Path=/oauth/token", None),  # a deletion cookie
+        (f"refresh_token={NEW_REFRESH}; Max-Age=0", None),
+        (f"other={NEW_REFRESH}", None),
+        (f"refresh_token={NEW_REFRESH}; Max-Age=60", NEW_REFRESH),
+    ],
+)
+async def test_erpeasy_malformed_answer_ignores_dead_refresh_cookies(
+    cookie: str, expected: str | None, mocked: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    mocked.post(ERPEASY_URL, payload={"access_token": ACCESS}, headers={"Set-Cookie": cookie})
+    with pytest.raises(MalformedResponseError) as info:
+        await erpeasy().fetch_token(session, refresh_token=REFRESH, issued_at=ISSUED_AT)
+    assert info.value.refresh_token == expected
 
 
 async def test_oversized_answer(mocked: aioresponses, session: aiohttp.ClientSession) -> None:
@@ -744,6 +931,50 @@ def test_bad_token_url(url: Any) -> None:
     with pytest.raises(ConfigurationError) as info:
         generic(token_url=url)
     assert "pw@" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # A trailing dot makes the name fully qualified: getaddrinfo skips /etc/hosts for it and
+        # asks DNS, which may answer with any address.
+        "http://localhost./oauth/token",
+        "http://localhost\u3002/oauth/token",  # IDNA maps the ideographic full stop to "."
+    ],
+)
+def test_fqdn_localhost_is_not_loopback(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        KeliwebProvider("id", "secret", token_url=url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1./oauth/token", "http://127.1/oauth/token", "http://0x7f000001/oauth"],
+)
+def test_only_plain_loopback_literals_are_loopback(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="plain http"):
+        keliweb(token_url=url)
+
+
+def test_bad_idna_token_url_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError):
+        OAuth2Provider("https://xn--a-/oauth/token", "id", "secret")
+
+
+@pytest.mark.parametrize("value", ["a\x01b", "a\x7fb", "a\x1bb"])
+def test_extra_header_with_control_character_is_rejected_up_front(value: str) -> None:
+    """Regression: check_extra_headers only refused CR, LF and NUL; aiohttp then refused every
+    token request with a bare ValueError (not a TokenError) at refresh time."""
+    with pytest.raises(ConfigurationError):
+        KeliwebProvider("id", "secret", extra_headers={"X-Tenant": value})
+
+
+def test_extra_header_names_are_tokens_and_values_may_hold_tabs() -> None:
+    for name in ("X(A)", "X/A", "X\u00e9", 'X"A', "X@A"):
+        with pytest.raises(ConfigurationError, match="invalid header name"):
+            keliweb(extra_headers={name: "x"})
+    provider = keliweb(extra_headers={"X-Tenant_1": "a\tb c", "X-Unicode": "caf\u00e9"})
+    assert provider.build_request(REFRESH).headers["X-Tenant_1"] == "a\tb c"
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +20,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
-from asynctoken import MalformedResponseError, TokenEndpointError, TransientError
+from asynctoken import (
+    MalformedResponseError,
+    RetryPolicy,
+    TokenEndpointError,
+    TokenError,
+    TokenManager,
+    TransientError,
+)
 from asynctoken.providers import ERPeasyProvider, KeliwebProvider, OAuth2Provider
+from asynctoken.testing import FakeOAuthServer
 
 OLD = "eyJhbGciOiJIUzI1NiJ9.old-refresh.sig"
 NEW = "eyJhbGciOiJIUzI1NiJ9.new-refresh.sig"
@@ -292,3 +301,65 @@ async def test_connection_refused_is_transient(session: aiohttp.ClientSession) -
     assert info.value.status is None
     assert f"127.0.0.1:{port}" in str(info.value)
     assert "ClientConnectorError" in str(info.value)
+
+
+async def test_transient_error_chain_carries_no_token() -> None:
+    """Regression: a token answer whose Set-Cookie line is malformed ("Set-Cookie :") makes
+    aiohttp raise ClientResponseError quoting the raw line, i.e. the new refresh token; it was
+    kept as the __cause__ of the TransientError, and its request_info holds the Basic
+    credentials and the Cookie with the old refresh token."""
+    secret = "erpeasy-client-secret-0123456789"
+    old = "eyJhbGciOiJIUzI1NiJ9.OLDrefresh0123456789abcdefghij"
+    new = "eyJhbGciOiJIUzI1NiJ9.NEWrefresh0123456789abcdefghij"
+    raw = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Set-Cookie : refresh_token=" + new.encode() + b"; Path=/oauth/token\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+
+    async def broken(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        assert request.transport is not None
+        request.transport.write(raw)
+        await asyncio.sleep(0.2)
+        request.transport.close()
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", broken)
+    async with TestServer(app, host="127.0.0.1") as srv:
+        provider = ERPeasyProvider("client", secret, token_url=str(srv.make_url("/oauth/token")))
+        async with TokenManager(retry=RetryPolicy(attempts=1)) as tm:
+            await tm.add("erp", provider, refresh_token=old)
+            with pytest.raises(TransientError) as info:
+                await tm.get_token("erp")
+    exc = info.value
+    text = "".join(traceback.format_exception(exc))
+    chain = []
+    cur: BaseException | None = exc
+    while cur is not None:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    dumped = text + "".join(
+        repr(e) + str(e) + repr(vars(e)) for e in chain if hasattr(e, "__dict__")
+    )
+    basic = ERPeasyProvider("client", secret).build_request(old).headers["Authorization"]
+    for value in (new, old, basic.split()[1]):
+        assert value not in dumped
+
+
+async def test_extra_header_with_control_character_fails_as_token_error() -> None:
+    """Regression: such a header used to pass the option check, and every refresh then failed
+    with aiohttp's bare ValueError. Now the provider refuses it (ConfigurationError, a
+    TokenError) when it is built, so construction sits inside pytest.raises."""
+    async with FakeOAuthServer("keliweb", expires_in=3600) as oauth:
+        with pytest.raises(TokenError):  # noqa: PT012 - from construction to refresh
+            provider = KeliwebProvider(
+                oauth.client_id,
+                oauth.client_secret,
+                token_url=oauth.token_url,
+                extra_headers={"X-Tenant": "a\x01b"},
+            )
+            async with TokenManager() as tm:
+                await tm.add("keliweb", provider, refresh_token=oauth.issue_refresh_token())
+                await tm.get_token("keliweb")

@@ -761,6 +761,28 @@ async def test_secrets_are_masked(http: aiohttp.ClientSession) -> None:
         await server.close()
 
 
+async def test_settings_and_client_credentials_reprs_are_masked() -> None:
+    from asynctoken.testing._endpoint import ClientCredentials
+
+    secret, password = "s3cr3t-very-long-value", "mario-password-0123456789"
+    server = FakeOAuthServer(client_secret=secret, users={"mario": password})
+    settings = server._settings
+    creds = ClientCredentials("client", secret, "post")
+    for text in (repr(settings), str(settings), repr(creds), str(creds), repr([creds])):
+        assert secret not in text
+        assert password not in text
+    assert "client_secret='s3cr…'" in repr(settings)
+    assert "'mario': 'mari…'" in repr(settings)
+    assert "client_id=" in repr(settings)
+    assert (
+        repr(creds) == "ClientCredentials(client_id='client', client_secret='s3cr…', method='post')"
+    )
+    assert repr(ClientCredentials(None, None, None)) == (
+        "ClientCredentials(client_id=None, client_secret=None, method=None)"
+    )
+    assert creds == ("client", secret, "post")  # still the tuple it was
+
+
 async def test_seed_makes_tokens_reproducible() -> None:
     a, b = FakeOAuthServer(seed=7), FakeOAuthServer(seed=7)
     assert a.issue_refresh_token() == b.issue_refresh_token()

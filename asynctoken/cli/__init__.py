@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from .. import __version__
@@ -27,8 +28,17 @@ from ._commands import cmd_add, cmd_refresh, cmd_status
 from ._demo import _DemoStats as _DemoStats  # re-exported for tests/test_cli.py
 from ._demo import _summarize as _summarize  # re-exported for tests/test_cli.py
 from ._demo import cmd_demo
-from ._exit import EXIT_OK, EXIT_STORE, EXIT_TOKEN, EXIT_USAGE, CliError
-from ._output import Style
+from ._exit import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_STORE,
+    EXIT_TOKEN,
+    EXIT_USAGE,
+    CliError,
+    OutputError,
+)
+from ._output import GuardedOutput, Style
 from ._secrets import ENV_CLIENT_SECRET, ENV_PASSWORD, ENV_REFRESH_TOKEN
 
 __all__ = ["main"]
@@ -46,6 +56,8 @@ exit codes:
      unknown credential, or the demo's invariant broken)
   2  usage error (bad arguments, missing secret, credential already exists)
   3  store error (missing or corrupt store file, Redis unreachable)
+  4  output error (standard output closed or not writable, e.g. a full disk)
+  5  unexpected internal error (a bug; -v prints the traceback)
 
 Colours are used on a terminal only, and never when NO_COLOR is set.
 """
@@ -203,9 +215,42 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def _fail(message: str, code: int, no_color: bool) -> int:
-    style = Style(sys.stderr, no_color=no_color)
-    sys.stderr.write(f"asynctoken: {style.red('error')}: {message}\n")
+    stderr = sys.stderr
+    if stderr is None:  # closed too (2>&-): the exit code is all that is left
+        return code
+    style = Style(stderr, no_color=no_color)
+    try:
+        stderr.write(f"asynctoken: {style.red('error')}: {message}\n")
+        stderr.flush()
+    except (OSError, ValueError):
+        pass
     return code
+
+
+def _flush_quietly() -> None:
+    stdout = sys.stdout
+    if stdout is None:
+        return
+    try:
+        stdout.flush()
+    except (OSError, ValueError):
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so that the flush at exit cannot fail again."""
+    stdout = sys.stdout
+    if stdout is None:
+        return
+    try:
+        fileno = stdout.fileno()
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fileno)
+    finally:
+        os.close(devnull)
 
 
 _COMMANDS = frozenset({"demo", "status", "add", "refresh"})
@@ -226,8 +271,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     args.no_color = no_color
+    if sys.stdout is None:  # started with stdout closed (>&-): nothing could be reported
+        return _fail("standard output is closed; nothing was done", EXIT_OUTPUT, no_color)
+    out = GuardedOutput(sys.stdout)
     try:
-        code: int = asyncio.run(args.handler(args, style, sys.stdout))
+        code: int = asyncio.run(args.handler(args, style, out))
+        out.flush()  # a full disk must fail here, not in the interpreter's flush at exit
+    except OutputError as exc:
+        _silence_stdout()
+        if exc.broken_pipe:
+            # The reader went away (`asynctoken status | head`): stop quietly.
+            return EXIT_OK
+        return _fail(exc.message, EXIT_OUTPUT, no_color)
     except CliError as exc:
         return _fail(exc.message, exc.code, no_color)
     except StoreError as exc:
@@ -238,9 +293,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"{type(exc).__name__}: {exc}", EXIT_TOKEN, no_color)
     except KeyboardInterrupt:
         return _fail("interrupted", 130, no_color)
-    except BrokenPipeError:
-        # The reader went away (`asynctoken status | head`): stop quietly, and keep Python from
-        # complaining again when it flushes stdout at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+    except Exception as exc:
+        # A bug, or a failure nothing above knows about. Its message is not printed: it may
+        # quote anything (a header, a URL with a query); -v prints the whole traceback.
+        if getattr(args, "verbose", False) and sys.stderr is not None:
+            traceback.print_exc()
+        return _fail(
+            f"unexpected {type(exc).__name__}; run with -v for the traceback",
+            EXIT_INTERNAL,
+            no_color,
+        )
+    finally:
+        # After a failure, output written before it may still be buffered: flush it now, so
+        # that a full disk cannot add a complaint at exit to the error already reported.
+        _flush_quietly()
     return code

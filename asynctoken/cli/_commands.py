@@ -7,11 +7,13 @@ provider named by ``--provider``, with its secrets from the environment or a pro
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 from .._errors import StoreError
 from .._manager import TokenManager
@@ -20,7 +22,7 @@ from .._token import Token
 from ..providers import ERPeasyProvider, KeliwebProvider, OAuth2Provider, Provider
 from ..stores._base import TokenStore
 from ._exit import EXIT_OK, EXIT_STORE, EXIT_TOKEN, EXIT_USAGE, CliError
-from ._output import Style, _token_line, human_delta
+from ._output import Output, Style, _token_line, human_delta, printable
 from ._secrets import ENV_CLIENT_SECRET, ENV_PASSWORD, ENV_REFRESH_TOKEN, read_secret
 
 __all__ = ["build_provider", "cmd_add", "cmd_refresh", "cmd_status", "open_store"]
@@ -29,18 +31,23 @@ __all__ = ["build_provider", "cmd_add", "cmd_refresh", "cmd_status", "open_store
 # --------------------------------------------------------------------------- stores and providers
 
 
+_STATUS_BATCH = 100  # records fetched together by `status`
+
+
 def _is_redis_url(target: str) -> bool:
-    return target.startswith(("redis://", "rediss://", "unix://"))
+    return target[:10].lower().startswith(("redis://", "rediss://", "unix://"))
 
 
 def _store_label(target: str) -> str:
-    """The store argument as it may be printed: a Redis URL without its password."""
+    """The store argument as it may be printed: a Redis URL with any password (``user:pw@``
+    or ``?password=``) replaced by ``***``."""
     if not _is_redis_url(target):
-        return target
-    from yarl import URL
-
-    url = URL(target)
-    return str(url.with_password(None)) if url.password is not None else target
+        return printable(target)
+    try:
+        from ..stores._redis import redact_url
+    except ImportError:  # no redis package: open_store has refused the URL already
+        return "<Redis URL>"
+    return printable(redact_url(target))
 
 
 def open_store(args: argparse.Namespace, *, must_exist: bool) -> TokenStore:
@@ -159,43 +166,81 @@ class _Row:
                 if remaining > 300
                 else (style.yellow(text) if remaining > 0 else style.red(text))
             )
-        refresh = f"yes ({mask(self.refresh_token)})" if self.refresh_token else style.red("no")
-        return f"{self.key:<{key_width}}  {self.provider or '?':<9}  {expiry}  {refresh}"
+        refresh = (
+            f"yes ({printable(mask(self.refresh_token))})"
+            if self.refresh_token
+            else style.red("no")
+        )
+        # Keys and provider names come from the store: escape sequences must not reach the
+        # terminal. (--json needs nothing: json.dumps escapes every control character.)
+        key, provider = printable(self.key), printable(self.provider or "?")
+        return f"{key:<{key_width}}  {provider:<9}  {expiry}  {refresh}"
 
 
-async def cmd_status(args: argparse.Namespace, style: Style, out: TextIO) -> int:
-    """List the credentials of a store, one record in memory at a time."""
+async def cmd_status(args: argparse.Namespace, style: Style, out: Output) -> int:
+    """List the credentials of a store, one batch of records in memory at a time.
+
+    Memory stays bounded however many keys the store holds: keys are read in batches of
+    ``_STATUS_BATCH`` whose records are fetched concurrently, and a key is skipped as a
+    duplicate only within its batch. Redis ``SCAN`` may, rarely (while the server resizes its
+    table), yield a key twice; such a key is then listed twice.
+    """
     store = open_store(args, must_exist=True)
     label = _store_label(args.store)
     key_width = 24
-    seen: set[str] = set()  # Redis SCAN may yield a key twice
+    count = 0
     header = f"{'KEY':<{key_width}}  {'PROVIDER':<9}  {'ACCESS TOKEN':<20}  REFRESH TOKEN"
     try:
-        async for key in store.keys():
-            if key in seen:
-                continue
-            token = await store.get(key)
-            if token is None:  # deleted while we iterate
-                continue
+        async for batch in _batches(store.keys(), _STATUS_BATCH):
+            keys = list(dict.fromkeys(batch))  # a key SCAN repeated within this batch
+            tokens = await _get_all(store, keys)
             now = time.time()
-            row = _Row.of(key, token, now)
-            # Nothing is printed before the first record: a failing store prints only an error.
-            if args.json:
-                out.write(("[\n  " if not seen else ",\n  ") + json.dumps(row.as_json(now)))
-            else:
-                if not seen:
-                    out.write(style.bold(header) + "\n")
-                out.write(row.as_text(now, style, key_width) + "\n")
-            seen.add(key)
+            for key, token in zip(keys, tokens, strict=True):
+                if token is None:  # deleted while we iterate
+                    continue
+                row = _Row.of(key, token, now)
+                # Nothing is printed before the first record: a failing store prints only an
+                # error.
+                if args.json:
+                    out.write(("[\n  " if not count else ",\n  ") + json.dumps(row.as_json(now)))
+                else:
+                    if not count:
+                        out.write(style.bold(header) + "\n")
+                    out.write(row.as_text(now, style, key_width) + "\n")
+                count += 1
             out.flush()
         if args.json:
-            out.write("\n]\n" if seen else "[]\n")
+            out.write("\n]\n" if count else "[]\n")
         else:
-            plural = "" if len(seen) == 1 else "s"
-            out.write(style.dim(f"{len(seen)} credential{plural} in {label}") + "\n")
+            plural = "" if count == 1 else "s"
+            out.write(style.dim(f"{count} credential{plural} in {label}") + "\n")
     finally:
         await store.aclose()
     return EXIT_OK
+
+
+async def _batches(keys: AsyncIterator[str], size: int) -> AsyncIterator[list[str]]:
+    """``keys`` in lists of at most ``size``."""
+    batch: list[str] = []
+    async for key in keys:
+        batch.append(key)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def _get_all(store: TokenStore, keys: list[str]) -> list[Token | None]:
+    """The records of ``keys``, fetched concurrently; the first failure cancels the rest."""
+    tasks = [asyncio.ensure_future(store.get(key)) for key in keys]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 # --------------------------------------------------------------------------- add and refresh
@@ -214,7 +259,7 @@ def _wants_password_grant(args: argparse.Namespace) -> bool:
     return args.username is not None
 
 
-async def cmd_add(args: argparse.Namespace, style: Style, out: TextIO) -> int:
+async def cmd_add(args: argparse.Namespace, style: Style, out: Output) -> int:
     """Bootstrap a credential from a refresh token or the password grant and store it.
 
     The first token is fetched through a throw-away in-memory manager and only then written to
@@ -263,7 +308,7 @@ async def cmd_add(args: argparse.Namespace, style: Style, out: TextIO) -> int:
     return EXIT_OK
 
 
-async def cmd_refresh(args: argparse.Namespace, style: Style, out: TextIO) -> int:
+async def cmd_refresh(args: argparse.Namespace, style: Style, out: Output) -> int:
     """Force one refresh of a stored credential through the given provider."""
     _check_provider_args(args)
     store = open_store(args, must_exist=True)

@@ -21,7 +21,7 @@ from .._errors import TokenError
 from .._manager import TokenManager
 from ..providers import KeliwebProvider
 from ._exit import EXIT_OK, EXIT_TOKEN
-from ._output import Style, _count, _duration
+from ._output import Output, Style, _count, _duration, is_terminal
 
 if TYPE_CHECKING:
     from ..testing import TokenRequest
@@ -59,7 +59,7 @@ def _bucket(nanos: int) -> int:
     return (nanos >> shift) << shift
 
 
-async def cmd_demo(args: argparse.Namespace, style: Style, out: TextIO) -> int:
+async def cmd_demo(args: argparse.Namespace, style: Style, out: Output) -> int:
     """Thousands of coroutines, a short-lived rotating credential, one request per expiry."""
     from ..testing import FakeOAuthServer
 
@@ -133,12 +133,15 @@ async def cmd_demo(args: argparse.Namespace, style: Style, out: TextIO) -> int:
 
 
 class _Progress:
-    """A live status line on a terminal (stderr), plain periodic lines otherwise."""
+    """A live status line on a terminal (stderr), plain periodic lines otherwise.
 
-    def __init__(self, stream: TextIO) -> None:
+    The live line needs cursor control: not on a ``TERM=dumb`` terminal, which gets the plain
+    lines. With stderr closed, nothing.
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
         self._stream = stream
-        isatty = getattr(stream, "isatty", None)
-        self._tty = callable(isatty) and bool(isatty())
+        self._tty = is_terminal(stream)
         self.interval = 0.2 if self._tty else 1.0
         self._last_calls = 0
         self._last_time = time.monotonic()
@@ -147,6 +150,8 @@ class _Progress:
         now = time.monotonic()
         rate = (stats.calls - self._last_calls) / max(now - self._last_time, 1e-9)
         self._last_calls, self._last_time = stats.calls, now
+        if self._stream is None:
+            return
         line = (
             f"{elapsed:5.1f}/{total:g} s  calls {_count(stats.calls):>11}  "
             f"({rate / 1e3:,.0f} k/s)  token requests {requests}  failed {stats.failures}"
@@ -158,7 +163,7 @@ class _Progress:
         self._stream.flush()
 
     def done(self) -> None:
-        if self._tty:
+        if self._tty and self._stream is not None:
             self._stream.write("\r\033[2K")
             self._stream.flush()
 
@@ -226,7 +231,7 @@ def _print_summary(
     duration: float,
     workers: int,
     style: Style,
-    out: TextIO,
+    out: Output,
 ) -> int:
     def mark(good: bool) -> str:
         return style.green("✓") if good else style.red("✗")

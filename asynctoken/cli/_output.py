@@ -6,14 +6,78 @@ short prefix that :func:`asynctoken._secrets.mask` keeps.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from .._secrets import mask
 from .._token import Token
+from ._exit import OutputError
 
-__all__ = ["Style", "human_delta"]
+__all__ = ["GuardedOutput", "Output", "Style", "human_delta", "is_terminal", "printable"]
+
+
+class Output(Protocol):
+    """What the commands print to: :data:`sys.stdout`, or a :class:`GuardedOutput` of it."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def isatty(self) -> bool: ...
+
+
+class GuardedOutput:
+    """Standard output, whose write failures become :class:`OutputError` (exit code 4).
+
+    Only failures of this stream are turned into output errors, so that ``main()`` can tell a
+    full disk or a closed pipe on stdout from an ``OSError`` anywhere else.
+    """
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str, /) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            raise _output_error(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise _output_error(exc) from None
+
+    def isatty(self) -> bool:
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+
+def _output_error(exc: OSError) -> OutputError:
+    if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+        return OutputError("standard output was closed by its reader", broken_pipe=True)
+    words = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    return OutputError(f"cannot write to standard output: {words}")
+
+
+def is_terminal(stream: object) -> bool:
+    """Whether ``stream`` is a terminal that takes escape sequences (not ``TERM=dumb``)."""
+    isatty = getattr(stream, "isatty", None)
+    return os.environ.get("TERM") != "dumb" and callable(isatty) and bool(isatty())
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character (controls, escapes, bidi overrides, line
+    breaks) written as its Python escape: nothing from a store can drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Style:
@@ -21,15 +85,8 @@ class Style:
 
     __slots__ = ("enabled",)
 
-    def __init__(self, stream: TextIO, *, no_color: bool = False) -> None:
-        isatty = getattr(stream, "isatty", None)
-        self.enabled = (
-            not no_color
-            and not os.environ.get("NO_COLOR")
-            and os.environ.get("TERM") != "dumb"
-            and callable(isatty)
-            and bool(isatty())
-        )
+    def __init__(self, stream: object, *, no_color: bool = False) -> None:
+        self.enabled = not no_color and not os.environ.get("NO_COLOR") and is_terminal(stream)
 
     def _wrap(self, code: str, text: str) -> str:
         return f"\033[{code}m{text}\033[0m" if self.enabled else text
@@ -81,8 +138,8 @@ def _token_line(token: Token, style: Style) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(token.expires_at))
     expiry = human_delta(remaining)
     expiry = style.green(expiry) if remaining > 0 else style.red(expiry)
-    refresh = mask(token.refresh_token) if token.refresh_token else "none"
+    refresh = printable(mask(token.refresh_token)) if token.refresh_token else "none"
     return (
-        f"  access token   {mask(token.access_token)}  expires {expiry} ({when})\n"
+        f"  access token   {printable(mask(token.access_token))}  expires {expiry} ({when})\n"
         f"  refresh token  {refresh}"
     )

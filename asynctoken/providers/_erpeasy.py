@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from http.cookies import Morsel
 from typing import Literal
 
-from .._errors import ConfigurationError, InvalidGrantError
+from .._errors import ConfigurationError, InvalidGrantError, MalformedResponseError
 from .._token import Token
 from ._common import BaseTokenProvider, basic_authorization
 from ._headers import http_date
@@ -205,21 +205,26 @@ class ERPeasyProvider(BaseTokenProvider):
         set ``refresh_token``, the last one counts. A deletion cookie (empty value,
         ``Max-Age`` ≤ 0, ``Expires`` before ``issued_at``) is not a refresh token, nor is a value
         that a cookie cannot carry.
+
+        Raises:
+            MalformedResponseError: as :func:`parse_token_response`; its ``refresh_token`` is
+                the answer's refresh token cookie when there is a usable one.
         """
-        token = super().parse_response(response, request=request, issued_at=issued_at)
+        try:
+            token = super().parse_response(response, request=request, issued_at=issued_at)
+        except MalformedResponseError as exc:
+            # A success answer too broken to use may still have rotated the refresh token: hand
+            # the cookie's (which wins over the JSON field) to the manager with the error.
+            cookie = self._refresh_cookie(response, issued_at)
+            if cookie is not None:
+                exc.refresh_token = cookie
+            raise
+        cookie = self._refresh_cookie(response, issued_at)
+        if cookie is not None:
+            return token.with_refresh_token(cookie)
         morsel = response.cookies.get(REFRESH_COOKIE)
-        if morsel is not None and _is_live(morsel, issued_at):
-            if is_cookie_value_safe(morsel.value):
-                return token.with_refresh_token(morsel.value)
-            # Most likely a proxy folded several Set-Cookie headers into one line: aiohttp then
-            # keeps a trailing comma, or (3.14.4 and later: one cookie per line) lets the value
-            # run on into the next cookie. Storing that would replace a good token with garbage.
-            logger.warning(
-                "erpeasy: ignored the refresh_token cookie from %s: its value is not a valid "
-                "cookie value (were several Set-Cookie headers folded into one?)",
-                endpoint_host(self.token_url),
-            )
-        elif token.refresh_token is None and request.grant_type == "refresh_token":
+        no_cookie = morsel is None or not _is_live(morsel, issued_at)
+        if no_cookie and token.refresh_token is None and request.grant_type == "refresh_token":
             # ERPeasy rotates refresh tokens; a missing cookie usually means a proxy dropped it.
             logger.warning(
                 "erpeasy: token answer from %s carried no refresh_token cookie; "
@@ -227,6 +232,23 @@ class ERPeasyProvider(BaseTokenProvider):
                 endpoint_host(self.token_url),
             )
         return token
+
+    def _refresh_cookie(self, response: RawResponse, issued_at: float) -> str | None:
+        """The live, well-formed ``refresh_token`` cookie of ``response``, or ``None``."""
+        morsel = response.cookies.get(REFRESH_COOKIE)
+        if morsel is None or not _is_live(morsel, issued_at):
+            return None
+        if is_cookie_value_safe(morsel.value):
+            return morsel.value
+        # Most likely a proxy folded several Set-Cookie headers into one line: aiohttp then
+        # keeps a trailing comma, or (3.14.4 and later: one cookie per line) lets the value run
+        # on into the next cookie. Storing that would replace a good token with garbage.
+        logger.warning(
+            "erpeasy: ignored the refresh_token cookie from %s: its value is not a valid "
+            "cookie value (were several Set-Cookie headers folded into one?)",
+            endpoint_host(self.token_url),
+        )
+        return None
 
     def _repr_fields(self) -> list[str]:
         fields = [f"refresh_token_in={self.refresh_token_in!r}"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import math
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, Morsel
@@ -25,6 +27,7 @@ __all__ = [
     "check_timeout",
     "check_token_url",
     "endpoint_host",
+    "is_loopback_host",
     "send_token_request",
 ]
 
@@ -35,6 +38,12 @@ DEFAULT_MAX_RESPONSE_BYTES = 1_048_576
 _RESERVED_HEADERS = frozenset(
     {"authorization", "content-type", "content-length", "cookie", "host", "transfer-encoding"}
 )
+# A header name is an RFC 9110 token; a value may hold no control character but horizontal tab
+# (aiohttp refuses the others when the request is sent, which would fail every refresh).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_LOOPBACK_V4 = ipaddress.IPv4Network("127.0.0.0/8")
+_LOOPBACK_V6 = ipaddress.IPv6Address("::1")
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -87,14 +96,25 @@ class RawResponse:
         return f"RawResponse(status={self.status!r}, body_bytes={len(self.body)})"
 
 
-def _is_loopback(host: str) -> bool:
-    host = host.lower().rstrip(".")
-    if host == "localhost":
+def is_loopback_host(host: str | None) -> bool:
+    """Whether ``host`` (as in a URL, IPv6 with or without brackets) is this machine, for sure.
+
+    Only the name ``localhost`` (any case) and loopback IP literals (127.0.0.0/8, ``::1``)
+    count. ``localhost.`` does not: a fully qualified name skips ``/etc/hosts`` and goes to DNS,
+    which may answer with any address; nor does ``localhost.example.com``, ``127.1`` or an
+    IPv4-mapped IPv6 address.
+    """
+    if not host:
+        return False
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return address in _LOOPBACK_V4
+    return address == _LOOPBACK_V6
 
 
 def check_token_url(token_url: object, *, allow_insecure_http: bool) -> str:
@@ -115,15 +135,19 @@ def check_token_url(token_url: object, *, allow_insecure_http: bool) -> str:
         raise ConfigurationError("token_url must be a non-empty string")
     try:
         url = URL(token_url)
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"token_url is not a valid URL ({type(exc).__name__})") from exc
-    if url.scheme not in ("https", "http") or not url.host:
+        # Decoding the host (IDNA) is what aiohttp does to connect: a name that does not
+        # round-trip must fail here, not at every refresh.
+        host = url.host
+        has_credentials = url.user is not None or url.password is not None
+    except (TypeError, ValueError) as exc:  # UnicodeError is a ValueError
+        raise ConfigurationError(f"token_url is not a valid URL ({type(exc).__name__})") from None
+    if url.scheme not in ("https", "http") or not host:
         raise ConfigurationError("token_url must be an absolute https:// URL")
-    if url.user is not None or url.password is not None:
+    if has_credentials:
         raise ConfigurationError("token_url must not contain credentials (user:password@)")
-    if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
+    if url.scheme == "http" and not allow_insecure_http and not is_loopback_host(url.raw_host):
         raise ConfigurationError(
-            f"token_url uses plain http to {url.host}, which would send client secrets and "
+            f"token_url uses plain http to {host}, which would send client secrets and "
             "tokens in clear text; use https, or pass allow_insecure_http=True"
         )
     return token_url
@@ -162,7 +186,8 @@ def check_max_response_bytes(max_response_bytes: object) -> int:
 
 
 def check_extra_headers(extra_headers: Mapping[str, str] | None) -> dict[str, str]:
-    """Validate ``extra_headers``: string names and values, no line breaks, no reserved names."""
+    """Validate ``extra_headers``: token names, values without control characters (tab
+    allowed), no reserved names."""
     if extra_headers is None:
         return {}
     if not isinstance(extra_headers, Mapping):
@@ -171,10 +196,13 @@ def check_extra_headers(extra_headers: Mapping[str, str] | None) -> dict[str, st
     for name, value in extra_headers.items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise ConfigurationError("extra_headers names and values must be strings")
-        if not name or any(c in name for c in ":\r\n\0 \t"):
+        if _HEADER_NAME.fullmatch(name) is None:
             raise ConfigurationError(f"extra_headers: invalid header name {name!r}")
-        if any(c in value for c in "\r\n\0"):
-            raise ConfigurationError(f"extra_headers: the value of {name!r} contains a line break")
+        if _HEADER_VALUE_FORBIDDEN.search(value) is not None:
+            raise ConfigurationError(
+                f"extra_headers: the value of {name!r} contains a control character "
+                "(line breaks included)"
+            )
         if name.lower() in _RESERVED_HEADERS:
             raise ConfigurationError(f"extra_headers must not set {name!r}: the provider sets it")
         headers[name] = value
@@ -256,14 +284,31 @@ async def send_token_request(
                 cookies=_response_cookies(resp),
             )
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-        host = endpoint_host(request.url)
-        if isinstance(exc, asyncio.TimeoutError):
-            what = f"timed out after {timeout:g} s ({type(exc).__name__})"
-        else:
-            what = type(exc).__name__
-            strerror = getattr(exc, "strerror", None)
-            if isinstance(strerror, str) and strerror:
-                what = f"{what}: {strerror}"
-        raise TransientError(
-            f"{provider} token endpoint at {host} could not be reached: {what}", status=None
-        ) from exc
+        error = TransientError(
+            f"{provider} token endpoint at {endpoint_host(request.url)} could not be reached: "
+            f"{_describe_failure(exc, timeout)}",
+            status=None,
+        )
+    # Raised outside the except block and without a cause: aiohttp's exceptions quote raw header
+    # lines (a Set-Cookie with the new refresh token) and hold the request (Basic credentials,
+    # the Cookie with the old one) in request_info. The message keeps what is safe of them.
+    raise error
+
+
+def _describe_failure(exc: BaseException, timeout: float) -> str:
+    """The type name of a network failure, and its errno as ``os.strerror`` words it.
+
+    Never the exception's own message or ``strerror``: aiohttp puts the URL, its query or a raw
+    header line in them.
+    """
+    name = type(exc).__name__
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"timed out after {timeout:g} s ({name})"
+    errno = getattr(exc, "errno", None)
+    if isinstance(errno, int) and not isinstance(errno, bool) and errno > 0:
+        try:
+            words = os.strerror(errno)
+        except ValueError:  # pragma: no cover - out of the platform's range
+            words = "unknown error"
+        return f"{name}: [Errno {errno}] {words}"
+    return name

@@ -22,7 +22,7 @@ from .._secrets import mask
 from .._token import Token
 from ._headers import get_header, parse_retry_after
 
-__all__ = ["parse_token_response", "sanitize_text"]
+__all__ = ["parse_token_response", "sanitize_text", "usable_refresh_token"]
 
 MAX_DESCRIPTION_CHARS = 200
 _MAX_ERROR_CODE_CHARS = 64
@@ -33,6 +33,11 @@ _TRANSIENT_STATUSES = frozenset({408, 429})
 # (Spring puts the refresh token in "Invalid refresh token (expired): <token>").
 _TOKEN_LIKE = re.compile(r"[A-Za-z0-9._~+/=-]{32,}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+# token_type goes into the Authorization header as the auth scheme: an RFC 9110 token.
+_AUTH_SCHEME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# expires_in as a string: a plain non-negative decimal number, as JSON would write it. Not what
+# float() also takes ("3_600", " 36 ", "inf", non-ASCII digits).
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
 def sanitize_text(
@@ -97,7 +102,7 @@ def _is_json_type(content_type: str) -> bool:
 class _Context:
     """What an error message needs to know about the request; bundled to keep signatures short."""
 
-    __slots__ = ("endpoint", "grant_type", "provider", "redact", "status")
+    __slots__ = ("endpoint", "grant_type", "provider", "redact", "refresh_token", "status")
 
     def __init__(
         self,
@@ -113,6 +118,9 @@ class _Context:
         self.grant_type = grant_type
         self.status = status
         self.redact = redact
+        # A usable refresh token of a success answer, once read: a malformed answer that
+        # carries one still rotated the credential at the server (MalformedResponseError).
+        self.refresh_token: str | None = None
 
     @property
     def who(self) -> str:
@@ -124,6 +132,7 @@ class _Context:
             f"{self.who} answered HTTP {self.status} without a usable token: {reason}",
             status=self.status,
             reason=reason,
+            refresh_token=self.refresh_token,
         )
 
 
@@ -169,7 +178,9 @@ def parse_token_response(
             from ``Retry-After``.
         TokenEndpointError: any other non-2xx answer (other 4xx, redirects).
         MalformedResponseError: a 2xx answer that is not a usable token response. (A 2xx
-            answer with an ``error`` code and no ``access_token`` is mapped like a 400.)
+            answer with an ``error`` code and no ``access_token`` is mapped like a 400.) When
+            the answer is a JSON object with a non-empty string ``refresh_token``, the error's
+            ``refresh_token`` attribute holds it: the server has probably rotated already.
     """
     ctx = _Context(
         provider=provider,
@@ -198,10 +209,16 @@ def parse_token_response(
         raise ctx.malformed(f"not JSON (content type {content_type})") from None
     if not isinstance(data, dict):
         raise ctx.malformed("JSON is not an object")
+    ctx.refresh_token = usable_refresh_token(data.get("refresh_token"))
     if "access_token" not in data and isinstance(data.get("error"), str) and data["error"]:
         # Some servers (GitHub among them) answer errors with 200: the error code still decides.
         _raise_error(ctx, headers, data, issued_at)
     return _build_token(ctx, data, issued_at=issued_at, default_expires_in=default_expires_in)
+
+
+def usable_refresh_token(value: object) -> str | None:
+    """``value`` if it can be used as a refresh token (a non-empty string), else ``None``."""
+    return value if isinstance(value, str) and value else None
 
 
 def _optional_str(ctx: _Context, data: Mapping[str, Any], name: str) -> str | None:
@@ -219,11 +236,14 @@ def _expires_in(ctx: _Context, data: Mapping[str, Any], default: float | None) -
         if default is None:
             raise ctx.malformed("missing expires_in")
         return default
-    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+    if isinstance(raw, str):
+        if _DECIMAL.fullmatch(raw) is None:
+            raise ctx.malformed("expires_in is not a number")
+    elif isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise ctx.malformed("expires_in is not a number")
     try:
         value = float(raw)
-    except (ValueError, OverflowError):
+    except OverflowError:  # an integer beyond the float range
         raise ctx.malformed("expires_in is not a number") from None
     if not math.isfinite(value) or value < 0:
         raise ctx.malformed("expires_in is negative or not finite")
@@ -248,6 +268,9 @@ def _build_token(
     if not math.isfinite(expires_at):
         raise ctx.malformed("expires_in is too large")
     token_type = _optional_str(ctx, data, "token_type") or "Bearer"
+    if _AUTH_SCHEME.fullmatch(token_type) is None:
+        # It becomes the Authorization header's scheme: a line break there is header injection.
+        raise ctx.malformed("token_type is not a valid auth scheme")
     refresh_token = _optional_str(ctx, data, "refresh_token")
     scope = _optional_str(ctx, data, "scope")
     extra = {k: v for k, v in data.items() if k not in _STANDARD_FIELDS}
@@ -283,10 +306,10 @@ def _error_fields(ctx: _Context, data: dict[str, Any] | None) -> tuple[str | Non
     return error or None, description or None
 
 
-def _is_refresh_token_rejection(error: str | None, description: str | None) -> bool:
+def _is_refresh_token_rejection(code: str | None, description: str | None) -> bool:
     # league/oauth2-server < 8.3 (Laravel Passport): 401 invalid_request "The refresh token is
     # invalid." with a hint such as "Token has been revoked" or "Token has expired".
-    return error == "invalid_request" and "refresh token is invalid" in (description or "").lower()
+    return code == "invalid_request" and "refresh token is invalid" in (description or "").lower()
 
 
 def _raise_error(
@@ -302,21 +325,24 @@ def _raise_error(
     attrs: dict[str, Any] = {"status": status, "error": error, "description": description}
     if 200 <= status < 300:
         status = 400  # an error body with a success status: judge it as the 400 it should be
+    # Error codes are compared case-insensitively (Spring answers "Unauthorized"); the error
+    # attribute keeps the server's spelling.
+    code = error.lower() if error is not None else None
 
-    if error in ("invalid_grant", "invalid_credentials") or (
+    if code in ("invalid_grant", "invalid_credentials") or (
         status in (400, 401)
-        and (error == "invalid_token" or _is_refresh_token_rejection(error, description))
+        and (code == "invalid_token" or _is_refresh_token_rejection(code, description))
     ):
         raise InvalidGrantError(f"{ctx.who} answered {summary}; {_grant_advice(ctx)}", **attrs)
-    if error == "temporarily_unavailable" or status >= 500 or status in _TRANSIENT_STATUSES:
+    if code == "temporarily_unavailable" or status >= 500 or status in _TRANSIENT_STATUSES:
         raise TransientError(
             f"{ctx.who} answered {summary} (temporary)",
             status=ctx.status,
             retry_after=parse_retry_after(headers, now=issued_at),
         )
     if status in (400, 401) and (
-        error in ("invalid_client", "unauthorized")
-        or (status == 401 and error is None and _basic_challenge(headers))
+        code in ("invalid_client", "unauthorized")
+        or (status == 401 and code is None and _basic_challenge(headers))
     ):
         raise InvalidClientError(
             f"{ctx.who} answered {summary}; the client id or client secret was rejected", **attrs

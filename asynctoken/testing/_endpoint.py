@@ -34,9 +34,12 @@ _PASSPORT_MISSING = (
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class Settings:
-    """The server's knobs; mutable so a test can change them between requests."""
+    """The server's knobs; mutable so a test can change them between requests.
+
+    ``repr`` masks the client secret and the users' passwords.
+    """
 
     flavor: Flavor
     client_id: str
@@ -53,13 +56,31 @@ class Settings:
     refresh_token_sources: frozenset[str]
     cookie_domain: str
 
+    def __repr__(self) -> str:
+        fields = []
+        for name in self.__dataclass_fields__:
+            value: Any = getattr(self, name)
+            if name == "client_secret":
+                value = mask(value)
+            elif name == "users":
+                value = {user: mask(password) for user, password in value.items()}
+            fields.append(f"{name}={value!r}")
+        return f"Settings({', '.join(fields)})"
+
 
 class ClientCredentials(NamedTuple):
-    """Client credentials as presented; kept out of the record's repr."""
+    """Client credentials as presented; kept out of the record's repr, masked in its own."""
 
     client_id: str | None
     client_secret: str | None
     method: str | None  # "basic", "post", "both" or None
+
+    def __repr__(self) -> str:
+        secret = None if self.client_secret is None else mask(self.client_secret)
+        return (
+            f"ClientCredentials(client_id={self.client_id!r}, client_secret={secret!r}, "
+            f"method={self.method!r})"
+        )
 
 
 def _basic(header: str | None) -> tuple[str, str] | None:
