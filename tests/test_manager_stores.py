@@ -117,3 +117,45 @@ async def test_redis_lease_outlives_a_slow_refresh_with_password_fallback(
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_refresh_token_of_an_unusable_answer_is_saved(tmp_path: Path) -> None:
+    """A 200 answer without expires_in is unusable, but the server rotated: its new refresh
+    token is saved, and the next refresh uses it instead of the dead one."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from asynctoken import MalformedResponseError, Token
+
+    presented: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        presented.append(str(form["refresh_token"]))
+        n = len(presented)
+        body: dict[str, Any] = {"access_token": f"at-{n}", "refresh_token": f"rt-{n}" + "x" * 30}
+        if n > 1:
+            body["expires_in"] = 3600
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    async with TestServer(app, host="127.0.0.1") as http_server:
+        provider = KeliwebProvider(
+            "id", "secret", token_url=str(http_server.make_url("/oauth/token"))
+        )
+        store = FileStore(tmp_path / "tokens.json")
+        async with TokenManager(store=store, retry=FAST_RETRY) as tm:
+            await store.put(
+                "k", Token(access_token="", expires_at=0, refresh_token="seed-" + "s" * 30)
+            )
+            await tm.add("k", provider)
+            with pytest.raises(MalformedResponseError) as info:
+                await tm.get_token("k")
+            assert info.value.reason
+            stored = await store.get("k")
+            assert stored is not None
+            assert stored.refresh_token == "rt-1" + "x" * 30
+            token_ = await tm.get_token("k")
+    assert presented == ["seed-" + "s" * 30, "rt-1" + "x" * 30]
+    assert token_.access_token == "at-2"
