@@ -580,7 +580,7 @@ class TokenManager:
         self, key: str, error: MalformedResponseError, stored: Token | None, provider: Provider
     ) -> None:
         """An unusable answer may still carry the rotated refresh token: keep it."""
-        refresh_token = getattr(error, "refresh_token", None)
+        refresh_token = error.refresh_token
         old = stored.refresh_token if stored is not None else None
         if not refresh_token or refresh_token == old:
             return
