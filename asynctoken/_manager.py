@@ -200,7 +200,7 @@ class TokenManager:
         self._failures: cachetools.TLRUCache[str, Failure] = cachetools.TLRUCache(
             cache_size, ttu=_failure_ttu, timer=self._monotonic
         )
-        self._rejected: dict[str, str] = {}
+        self._rejected: cachetools.LRUCache[str, str] = cachetools.LRUCache(cache_size)
         self._saver = RotationSaver(self._store)
         self._invalidate_interval = invalidate_interval
         self._invalidated: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
@@ -342,8 +342,10 @@ class TokenManager:
         self._check_open()
         self._providers.pop(key, None)
         self._resolved.pop(key, None)
-        existed = await self._store.delete(key)
-        self._forget(key)  # after the delete: nothing read before it stays cached
+        self._forget(key)  # fences a refresh in flight: it caches and creates nothing
+        async with self._store.lock(key, timeout=self._lock_timeout):
+            existed = await self._store.delete(key)
+        self._forget(key)  # anything cached while waiting for the lock
         return existed
 
     def middleware(self, key: str, **options: Any) -> TokenMiddleware:
@@ -479,12 +481,22 @@ class TokenManager:
             return  # every caller gets it through its own future; nobody awaits the task
         except BaseException as exc:  # cancelled by aclose(), or the process is going down
             self._land(key, flight)
-            flight.fail(exc)
+            if isinstance(exc, asyncio.CancelledError) and self._closed:
+                # The callers were not cancelled themselves: tell them what happened.
+                flight.fail(TokenError("the TokenManager was closed during the refresh", key=key))
+            else:
+                flight.fail(exc)
             raise
         self._land(key, flight)
         if not flight.fenced:
             self._failures.pop(key, None)
         flight.succeed(token)
+
+    def _remember_failure(self, key: str, failure: Failure) -> None:
+        if failure.until > self._monotonic():
+            self._failures[key] = failure
+        else:  # a zero cooldown: nothing to remember, and nothing older either
+            self._failures.pop(key, None)
 
     def _land(self, key: str, flight: Flight) -> None:
         if self._inflight.get(key) is flight:
@@ -496,14 +508,14 @@ class TokenManager:
             return  # nothing was requested; resolving again costs nothing
         now = self._monotonic()
         if isinstance(error, TokenEndpointError):
-            self._failures[key] = Failure(error, now + self._cooldown, final=True)
+            self._remember_failure(key, Failure(error, now + self._cooldown, final=True))
             logger.error("credential %r: refresh failed: %s", key, error)
         elif isinstance(error, TokenError):
             # The next background attempt waits, at least as long as the server asked.
             pause = self._background_retry
             if isinstance(error, TransientError) and error.retry_after is not None:
                 pause = max(pause, min(error.retry_after, self._retry.max_retry_after))
-            self._failures[key] = Failure(error, now + pause, final=False)
+            self._remember_failure(key, Failure(error, now + pause, final=False))
             if background:
                 logger.warning(
                     "credential %r: background refresh failed, current token still served: %s",
@@ -552,11 +564,18 @@ class TokenManager:
                     clock=self._clock,
                 )
             except MalformedResponseError as exc:
-                await self._salvage(key, exc, stored, provider)
+                if not await self._salvage(key, exc, stored, provider):
+                    # Kept unsaved: hold the lock while trying to write it, as below.
+                    self._land(key, flight)
+                    flight.fail(exc)
+                    await self._saver.keep_trying(key, patience=self._save_patience)
                 raise
             if token.refresh_token is None and old_refresh is not None:
                 token = token.with_refresh_token(old_refresh)  # RFC 6749 §6: keep the old one
-            saved = await self._saver.save(key, token, stored)
+            if flight.fenced and stored is None:
+                saved = True  # removed meanwhile: never bring the credential back
+            else:
+                saved = await self._saver.save(key, token, stored)
             if not flight.fenced:
                 self._rejected.pop(key, None)
                 self._remember(key, self._entry(token, issued_mono, issued_wall))
@@ -578,22 +597,28 @@ class TokenManager:
 
     async def _salvage(
         self, key: str, error: MalformedResponseError, stored: Token | None, provider: Provider
-    ) -> None:
-        """An unusable answer may still carry the rotated refresh token: keep it."""
+    ) -> bool:
+        """An unusable answer may still carry the rotated refresh token: keep it.
+
+        Returns:
+            ``False`` if that refresh token is kept unsaved (the store refused it).
+        """
         refresh_token = error.refresh_token
         old = stored.refresh_token if stored is not None else None
         if not refresh_token or refresh_token == old:
-            return
+            return True
         seed = Token(
             access_token="", expires_at=0.0, refresh_token=refresh_token, provider=provider.name
         )
-        if await self._saver.save(key, seed, stored):
+        saved = await self._saver.save(key, seed, stored)
+        if saved:
             logger.warning(
                 "credential %r: the token answer was unusable (%s), but its new refresh token "
                 "was saved",
                 key,
                 error.reason,
             )
+        return saved
 
     # ------------------------------------------------------------------ helpers
 

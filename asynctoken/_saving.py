@@ -54,6 +54,9 @@ class RotationSaver:
             holds a credential that replaced ours meanwhile, which is never overwritten).
         """
         expected = stored.refresh_token if stored is not None else None
+        # Kept from the start, so that a cancellation (aclose) in the middle loses nothing.
+        pending = _Unsaved(token, expected, stored is not None)
+        self._unsaved[key] = pending
         for attempt in range(_SAVE_ATTEMPTS):
             try:
                 if stored is None:
@@ -64,7 +67,6 @@ class RotationSaver:
                 if attempt + 1 < _SAVE_ATTEMPTS:
                     await asyncio.sleep(0.05 * 4**attempt)
                     continue
-                self._unsaved[key] = _Unsaved(token, expected, stored is not None)
                 logger.error(
                     "credential %r: the rotated refresh token could not be saved (%s); this "
                     "process keeps it and keeps trying",
@@ -72,6 +74,8 @@ class RotationSaver:
                     exc.message,
                 )
                 return False
+            if self._unsaved.get(key) is pending:
+                del self._unsaved[key]
             if not saved:
                 # Someone replaced the credential while we held the lock (lock lease lost, or a
                 # forced re-seed). Never overwrite it; our token is still valid for this process.
@@ -107,6 +111,8 @@ class RotationSaver:
         pending = self._unsaved.pop(key, None)
         if pending is None:
             return stored
+        if stored is not None and stored.refresh_token == pending.token.refresh_token:
+            return stored  # it did land (the answer to the write was lost)
         unchanged = (stored is not None) == pending.existed and (
             stored is None or stored.refresh_token == pending.expected
         )

@@ -291,7 +291,8 @@ async def test_close_cancels_refresh_that_outlives_close_timeout(server: FakeOAu
     await server.wait_for_token_requests(1)
     await tm.aclose()
     server.release()
-    with pytest.raises(asyncio.CancelledError):
+    # The caller was not cancelled itself: it learns that the manager closed.
+    with pytest.raises(TokenError, match="closed during the refresh"):
         await caller
     assert [t for t in asyncio.all_tasks() if t.get_name().startswith("asynctoken")] == []
 
@@ -1057,3 +1058,12 @@ async def test_invalidate_interval_zero_disables_the_guard(
         second = await tm.get_token("k")
         assert second.access_token != first.access_token
         assert await tm.invalidate("k", second), "refused although invalidate_interval=0"
+
+
+async def test_a_zero_cooldown_keeps_no_failure(server: FakeOAuthServer) -> None:
+    async with TokenManager(clock=FakeClock(), retry=FAST_RETRY, error_cooldown=0) as tm:
+        await tm.add("k", keliweb(server), refresh_token="def50200" + "0" * 40)
+        for _ in range(2):
+            with pytest.raises(InvalidGrantError):
+                await tm.get_token("k")
+    assert server.token_requests == 2

@@ -9,8 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from asynctoken import FileStore, KeliwebProvider, RedisStore, RetryPolicy, TokenManager
+from asynctoken import (
+    FileStore,
+    KeliwebProvider,
+    MalformedResponseError,
+    RedisStore,
+    RetryPolicy,
+    Token,
+    TokenManager,
+)
 from asynctoken.testing import FakeClock, FakeOAuthServer
 
 FAST_RETRY = RetryPolicy(attempts=4, deadline=10.0, initial_delay=0.01, max_delay=0.02)
@@ -122,11 +132,6 @@ async def test_redis_lease_outlives_a_slow_refresh_with_password_fallback(
 async def test_refresh_token_of_an_unusable_answer_is_saved(tmp_path: Path) -> None:
     """A 200 answer without expires_in is unusable, but the server rotated: its new refresh
     token is saved, and the next refresh uses it instead of the dead one."""
-    from aiohttp import web
-    from aiohttp.test_utils import TestServer
-
-    from asynctoken import MalformedResponseError, Token
-
     presented: list[str] = []
 
     async def token(request: web.Request) -> web.Response:
@@ -159,3 +164,107 @@ async def test_refresh_token_of_an_unusable_answer_is_saved(tmp_path: Path) -> N
             token_ = await tm.get_token("k")
     assert presented == ["seed-" + "s" * 30, "rt-1" + "x" * 30]
     assert token_.access_token == "at-2"
+
+
+class SignallingFileStore(FileStore):
+    """A real FileStore that only signals (for synchronisation) when a replace failed."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.replace_failed = asyncio.Event()
+
+    async def replace(self, key: str, token: Token, *, expected_refresh_token: str | None) -> bool:
+        try:
+            return await super().replace(key, token, expected_refresh_token=expected_refresh_token)
+        except BaseException:
+            self.replace_failed.set()
+            raise
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. A cancellation (aclose after close_timeout) inside RotationSaver.save loses the rotated
+#    refresh token: it is put in _unsaved only after the last attempt, so flush() has nothing.
+
+
+async def test_a_save_cancelled_at_close_loses_no_rotation(
+    server: FakeOAuthServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "tokens.json"
+    store = SignallingFileStore(path)
+    tm = TokenManager(store=store, retry=FAST_RETRY, close_timeout=0)
+    await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+    with BrokenWrites(path):
+        caller = asyncio.create_task(tm.get_token("k"))
+        await store.replace_failed.wait()  # the server rotated; the first save attempt failed
+    # The store works again; the refresh task sits in save()'s retry back-off.
+    await tm.aclose()  # close_timeout=0: the refresh is cancelled; flush() should write it
+    await asyncio.gather(caller, return_exceptions=True)
+    stored = await FileStore(path).get("k")
+    assert stored is not None
+    assert server.is_valid_refresh_token(stored.refresh_token or ""), (
+        "the rotated refresh token was lost: the store holds the dead one"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. _salvage: a refused save of an unusable answer's new refresh token releases the lock at
+#    once (no keep_trying), so another worker refreshes with the dead refresh token.
+
+
+async def test_a_refused_salvage_keeps_the_lock(tmp_path: Path) -> None:
+    presented: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        presented.append(str(form["refresh_token"]))
+        n = len(presented)
+        body: dict[str, Any] = {"access_token": f"at-{n}", "refresh_token": f"rt-{n}" + "x" * 30}
+        if n > 1:
+            body["expires_in"] = 3600
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/oauth/token", token)
+    path = tmp_path / "tokens.json"
+    async with TestServer(app, host="127.0.0.1") as http_server:
+        provider = KeliwebProvider(
+            "id", "secret", token_url=str(http_server.make_url("/oauth/token"))
+        )
+        a = TokenManager(store=FileStore(path), retry=FAST_RETRY, close_timeout=1)
+        b = TokenManager(store=FileStore(path), retry=FAST_RETRY)
+        try:
+            seed = "seed-" + "s" * 30
+            await a.add("k", provider, refresh_token=seed)
+            await b.add("k", provider)
+            with BrokenWrites(path), pytest.raises(MalformedResponseError):
+                await a.get_token("k")  # rotated to rt-1; its save was refused
+            # The store works again; worker B needs a token.
+            await b.get_token("k")
+        finally:
+            await a.aclose()
+            await b.aclose()
+    assert presented.count(seed) == 1, f"dead refresh token reused: {presented}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. remove() during a refresh that started with nothing stored (password grant): the fenced
+#    flight's put_if_absent writes the removed credential back into the store.
+
+
+async def test_remove_during_a_refresh_does_not_bring_the_credential_back(
+    server: FakeOAuthServer, tmp_path: Path
+) -> None:
+    store = FileStore(tmp_path / "tokens.json")
+    async with TokenManager(store=store, retry=FAST_RETRY) as tm:
+        await tm.add("k", keliweb(server, username="user@example.com", password="pw"))
+        server.hold()
+        caller = asyncio.create_task(tm.get_token("k"))
+        await server.wait_for_token_requests(1)
+        # Off-boarding while the refresh is in flight: remove() waits for the store lock.
+        removing = asyncio.create_task(tm.remove("k"))
+        await asyncio.wait({removing}, timeout=0.05)
+        assert not removing.done()
+        server.release()
+        assert not await removing  # nothing was stored yet when it was removed
+        await caller
+        assert await store.get("k") is None, "remove()d credential written back by the refresh"

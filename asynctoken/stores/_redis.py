@@ -101,9 +101,9 @@ class RedisStore:
     stored refresh token, atomic in the server), :meth:`delete` ``DEL``. :meth:`keys` walks the
     keyspace with ``SCAN``, a batch at a time, so a million credentials are never in memory at once.
 
-    The refresh lock is a lease: a holder that crashes blocks others for at most ``lock_ttl``. It
-    is not renewed, so ``lock_ttl`` must exceed the longest time a lock is held (the manager's
-    whole token request, retries included). A lease that expired before release is logged as a
+    The refresh lock is a lease, renewed every ``lock_ttl / 3`` while it is held, so a slow
+    refresh never outlives it, and a holder that crashes blocks others for at most ``lock_ttl``.
+    A lease lost anyway (Redis failover, a renewal that could not reach Redis) is logged as a
     warning; :meth:`replace` still refuses to overwrite a newer refresh token in that case.
 
     Connection errors, timeouts and server errors raise :class:`~asynctoken.StoreError` whose
@@ -333,6 +333,9 @@ class RedisStore:
                     still_ours = await self._renew_script(keys=[name], args=[token, ttl_ms])
             except StoreError as exc:
                 _log.warning("[%s] could not renew the refresh lock: %s", key, exc.message)
+                continue
+            except Exception:  # never a silent dead task: log, and keep trying
+                _log.exception("[%s] renewing the refresh lock failed", key)
                 continue
             if not still_ours:
                 _log.warning(
