@@ -1,13 +1,24 @@
-"""Shared fixtures: a real redis-server for the whole session, a fresh key prefix per test."""
+"""Shared fixtures: a fake token server per test, a real redis-server for the whole session, a
+fresh Redis key prefix per test."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 import redis
 from redis_server import RedisServer
+
+from asynctoken.testing import FakeOAuthServer
+
+
+@pytest_asyncio.fixture
+async def server() -> AsyncIterator[FakeOAuthServer]:
+    """A fake Keliweb token server on loopback, one-hour tokens (modules may override it)."""
+    async with FakeOAuthServer("keliweb", expires_in=3600) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support import FAST_RETRY, keliweb
 
 from asynctoken import (
     ERPeasyProvider,
@@ -29,23 +30,6 @@ from asynctoken import (
     TransientError,
 )
 from asynctoken.testing import FakeClock, FakeOAuthServer
-
-FAST_RETRY = RetryPolicy(attempts=4, deadline=10.0, initial_delay=0.01, max_delay=0.02)
-
-
-def keliweb(server: FakeOAuthServer, **kwargs: Any) -> KeliwebProvider:
-    return KeliwebProvider(
-        client_id=server.client_id,
-        client_secret=server.client_secret,
-        token_url=server.token_url,
-        **kwargs,
-    )
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeOAuthServer]:
-    async with FakeOAuthServer("keliweb", expires_in=3600) as srv:
-        yield srv
 
 
 @pytest.fixture

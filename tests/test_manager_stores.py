@@ -4,13 +4,13 @@ and a Redis lease outlives the slowest refresh."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from support import FAST_RETRY, keliweb
 
 from asynctoken import (
     FileStore,
@@ -22,23 +22,6 @@ from asynctoken import (
     TokenManager,
 )
 from asynctoken.testing import FakeClock, FakeOAuthServer
-
-FAST_RETRY = RetryPolicy(attempts=4, deadline=10.0, initial_delay=0.01, max_delay=0.02)
-
-
-def keliweb(server: FakeOAuthServer, **kwargs: Any) -> KeliwebProvider:
-    return KeliwebProvider(
-        client_id=server.client_id,
-        client_secret=server.client_secret,
-        token_url=server.token_url,
-        **kwargs,
-    )
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeOAuthServer]:
-    async with FakeOAuthServer("keliweb", expires_in=3600) as srv:
-        yield srv
 
 
 class BrokenWrites:
@@ -129,10 +112,9 @@ async def test_redis_lease_outlives_a_slow_refresh_with_password_fallback(
         await b.aclose()
 
 
-async def test_refresh_token_of_an_unusable_answer_is_saved(tmp_path: Path) -> None:
-    """A 200 answer without expires_in is unusable, but the server rotated: its new refresh
-    token is saved, and the next refresh uses it instead of the dead one."""
-    presented: list[str] = []
+def first_answer_unusable(presented: list[str]) -> web.Application:
+    """A token endpoint that rotates on every request, but whose first answer has no
+    expires_in; ``presented`` collects the refresh tokens it received."""
 
     async def token(request: web.Request) -> web.Response:
         form = await request.post()
@@ -145,6 +127,14 @@ async def test_refresh_token_of_an_unusable_answer_is_saved(tmp_path: Path) -> N
 
     app = web.Application()
     app.router.add_post("/oauth/token", token)
+    return app
+
+
+async def test_refresh_token_of_an_unusable_answer_is_saved(tmp_path: Path) -> None:
+    """A 200 answer without expires_in is unusable, but the server rotated: its new refresh
+    token is saved, and the next refresh uses it instead of the dead one."""
+    presented: list[str] = []
+    app = first_answer_unusable(presented)
     async with TestServer(app, host="127.0.0.1") as http_server:
         provider = KeliwebProvider(
             "id", "secret", token_url=str(http_server.make_url("/oauth/token"))
@@ -213,18 +203,7 @@ async def test_a_save_cancelled_at_close_loses_no_rotation(
 
 async def test_a_refused_salvage_keeps_the_lock(tmp_path: Path) -> None:
     presented: list[str] = []
-
-    async def token(request: web.Request) -> web.Response:
-        form = await request.post()
-        presented.append(str(form["refresh_token"]))
-        n = len(presented)
-        body: dict[str, Any] = {"access_token": f"at-{n}", "refresh_token": f"rt-{n}" + "x" * 30}
-        if n > 1:
-            body["expires_in"] = 3600
-        return web.json_response(body)
-
-    app = web.Application()
-    app.router.add_post("/oauth/token", token)
+    app = first_answer_unusable(presented)
     path = tmp_path / "tokens.json"
     async with TestServer(app, host="127.0.0.1") as http_server:
         provider = KeliwebProvider(

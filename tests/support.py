@@ -1,0 +1,21 @@
+"""Helpers shared by the manager's test modules (imported by name: tests/ is not a package)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asynctoken import KeliwebProvider, RetryPolicy
+from asynctoken.testing import FakeOAuthServer
+
+#: Retries fast enough for tests, still bounded by attempts.
+FAST_RETRY = RetryPolicy(attempts=4, deadline=10.0, initial_delay=0.01, max_delay=0.02)
+
+
+def keliweb(server: FakeOAuthServer, **kwargs: Any) -> KeliwebProvider:
+    """A Keliweb provider pointed at ``server``."""
+    return KeliwebProvider(
+        client_id=server.client_id,
+        client_secret=server.client_secret,
+        token_url=server.token_url,
+        **kwargs,
+    )
