@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
-from asynctoken import KeliwebProvider, RetryPolicy
+from asynctoken import KeliwebProvider, RetryPolicy, Token
 from asynctoken.testing import FakeOAuthServer
 
 #: Retries fast enough for tests, still bounded by attempts.
@@ -18,4 +19,19 @@ def keliweb(server: FakeOAuthServer, **kwargs: Any) -> KeliwebProvider:
         client_secret=server.client_secret,
         token_url=server.token_url,
         **kwargs,
+    )
+
+
+async def collect(keys: AsyncIterator[str]) -> list[str]:
+    """Every key of an iteration (``[k async for k in store.keys()]``)."""
+    return [key async for key in keys]
+
+
+def token(n: int, refresh: str | None = None) -> Token:
+    """A distinct, recognisable token for store tests."""
+    return Token(
+        access_token=f"access-{n}",
+        expires_at=1_700_000_000.0 + n,
+        refresh_token=refresh or f"refresh-{n}",
+        extra={"n": n},
     )

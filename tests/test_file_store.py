@@ -13,33 +13,20 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio.to_thread
 import psutil
 import pytest
 from filelock import FileLock
+from support import collect, token
 
 from asynctoken import ConfigurationError, StoreError, StoreLockTimeoutError, Token
 from asynctoken.stores import FileStore
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "rt-SUPER-SECRET-0123456789"
-
-
-async def collect(keys: AsyncIterator[str]) -> list[str]:
-    """Every key of an iteration (``[k async for k in store.keys()]``)."""
-    return [key async for key in keys]
-
-
-def token(n: int, refresh: str | None = None) -> Token:
-    return Token(
-        access_token=f"access-{n}",
-        expires_at=1_700_000_000.0 + n,
-        refresh_token=refresh or f"refresh-{n}",
-        extra={"n": n},
-    )
 
 
 def mode(path: Path) -> int:

@@ -20,26 +20,13 @@ import anyio.to_thread
 import pytest
 import redis.asyncio
 from redis_server import RedisServer, free_port
+from support import collect, token
 
-from asynctoken import ConfigurationError, StoreError, StoreLockTimeoutError, Token
+from asynctoken import ConfigurationError, StoreError, StoreLockTimeoutError
 from asynctoken.stores import RedisStore
 
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "hunter2-very-secret"
-
-
-async def collect(keys: AsyncIterator[str]) -> list[str]:
-    """Every key of an iteration (``[k async for k in store.keys()]``)."""
-    return [key async for key in keys]
-
-
-def token(n: int, refresh: str | None = None) -> Token:
-    return Token(
-        access_token=f"access-{n}",
-        expires_at=1_700_000_000.0 + n,
-        refresh_token=refresh or f"refresh-{n}",
-        extra={"n": n},
-    )
 
 
 @pytest.fixture
