@@ -517,9 +517,14 @@ async def test_retry_deadline_bounds_the_wait(server: FakeOAuthServer) -> None:
     async with TokenManager(retry=policy) as tm:
         await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
         server.fail_next(100, status=503)
-        with pytest.raises(TransientError):
+        with pytest.raises(TransientError) as info:
             await tm.get_token("k")
-    assert 2 <= server.token_requests <= 4
+    # Delays are 0.1-0.2 s (jittered): the 0.5 s deadline, not the 100 attempts, ends it. A
+    # retry is only scheduled if it starts within the deadline.
+    assert 2 <= server.token_requests <= 6
+    assert info.value.attempts == server.token_requests
+    first, last = server.requests[0].loop_time, server.requests[-1].loop_time
+    assert last - first <= 0.5 + 0.1  # the last retry started within the deadline (+ latency)
 
 
 @pytest.mark.parametrize(
