@@ -272,13 +272,13 @@ async def test_lease_lost_before_release_is_a_warning_not_an_error(
 
 
 async def test_a_held_lease_is_renewed(redis_url: str, redis_prefix: str) -> None:
-    holder = RedisStore(redis_url, prefix=redis_prefix, lock_ttl=0.3, poll_interval=0.01)
+    holder = RedisStore(redis_url, prefix=redis_prefix, lock_ttl=0.6, poll_interval=0.01)
     other = RedisStore(redis_url, prefix=redis_prefix, poll_interval=0.01)
     try:
         async with holder.lock("k", timeout=1):
-            # Held for more than three lease lengths: without renewal it would have expired.
+            # Held for three lease lengths: without renewal it would have expired.
             with pytest.raises(StoreLockTimeoutError):
-                async with other.lock("k", timeout=1.0):
+                async with other.lock("k", timeout=1.8):
                     pass
         async with other.lock("k", timeout=1.0):  # released: free at once
             pass
