@@ -434,15 +434,14 @@ class TokenManager:
             return entry.token
         if entry is not None and now < entry.expired_at:
             # Stale: serve it, refresh in the background once.
-            if key not in self._inflight:
-                failure = self._failures.get(key)
-                if failure is None or now >= failure.until:
-                    self._start(key, force=False, background=True)
+            # (A failure in its backoff holds the next attempt; expired ones leave on their own.)
+            if key not in self._inflight and key not in self._failures:
+                self._start(key, force=False, background=True)
             return entry.token
         flight = self._inflight.get(key)
         if flight is None:
-            failure = self._failures.get(key)
-            if failure is not None and failure.final and now < failure.until:
+            failure = self._failures.get(key)  # None once its cooldown ended
+            if failure is not None and failure.final:
                 # Fail fast without hammering the server; a copy keeps tracebacks from piling up.
                 error = copy.copy(failure.error)
                 error.__traceback__ = None
