@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import math
 import random
 from collections import deque
@@ -15,6 +14,7 @@ from aiohttp import web
 from .._clock import Clock, SystemClock
 from .._secrets import mask
 from .._token import Token
+from ..providers._http import is_loopback_host
 from ._endpoint import Flavor, Settings, TokenEndpoint, read_token_request
 from ._faults import FailureInjection, Fault, check_delay
 from ._records import ApiCall, TokenRequest
@@ -28,13 +28,7 @@ _FLAVORS = ("keliweb", "erpeasy", "oauth2")
 
 
 def _check_loopback(host: str) -> None:
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback_host(host):  # the same rule the providers use for plain http
         raise ValueError(f"FakeOAuthServer binds loopback addresses only, not {host!r}")
 
 
