@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio
+from support import keliweb
 
 from asynctoken import (
     InvalidGrantError,
@@ -33,18 +33,6 @@ class CountingRedisStore(RedisStore):
     async def get(self, key: str) -> Token | None:
         self.reads += 1
         return await super().get(key)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeOAuthServer]:
-    async with FakeOAuthServer("keliweb", expires_in=3600) as srv:
-        yield srv
-
-
-def provider_for(server: FakeOAuthServer) -> KeliwebProvider:
-    return KeliwebProvider(
-        client_id=server.client_id, client_secret=server.client_secret, token_url=server.token_url
-    )
 
 
 async def bulk_load(store: RedisStore, tokens: dict[str, Token], redis_url: str) -> None:
@@ -80,7 +68,7 @@ async def test_eviction_from_a_small_cache_costs_no_credential_and_no_request(
         )
     store = CountingRedisStore(redis_url, prefix=redis_prefix)
     await bulk_load(store, tokens, redis_url)
-    provider = provider_for(server)
+    provider = keliweb(server)
     factory_calls = 0
 
     def factory(key: str) -> KeliwebProvider:
@@ -138,7 +126,7 @@ async def test_cold_tenant_costs_one_store_read_shared_by_concurrent_callers(
         refresh_token="rt-cold-" + "z" * 32,
     )
     await store.put("cold", token)
-    async with TokenManager(store=store, provider_factory=lambda _: provider_for(server)) as tm:
+    async with TokenManager(store=store, provider_factory=lambda _: keliweb(server)) as tm:
         got = await asyncio.gather(*(tm.get_token("cold") for _ in range(200)))
     assert {t.access_token for t in got} == {token.access_token}
     assert store.reads == 1
@@ -148,8 +136,8 @@ async def test_cold_tenant_costs_one_store_read_shared_by_concurrent_callers(
 async def test_one_tenant_slow_or_dead_never_blocks_another(fake_oauth_server: Any) -> None:
     slow = await fake_oauth_server("keliweb")
     healthy = await fake_oauth_server("keliweb")
-    providers = {"slow": provider_for(slow), "dead": provider_for(healthy)}
-    providers["ok"] = provider_for(healthy)
+    providers = {"slow": keliweb(slow), "dead": keliweb(healthy)}
+    providers["ok"] = keliweb(healthy)
     async with TokenManager(provider_factory=providers.get, retry=FAST_RETRY) as tm:
         await tm.add("slow", providers["slow"], refresh_token=slow.issue_refresh_token())
         await tm.add("dead", providers["dead"], refresh_token="def50200" + "0" * 40)
@@ -170,9 +158,9 @@ async def test_offboarding_removes_one_tenant(
     server: FakeOAuthServer, redis_url: str, redis_prefix: str
 ) -> None:
     store = RedisStore(redis_url, prefix=redis_prefix)
-    async with TokenManager(store=store, provider_factory=lambda _: provider_for(server)) as tm:
+    async with TokenManager(store=store, provider_factory=lambda _: keliweb(server)) as tm:
         for i in range(3):
-            await tm.add(f"t{i}", provider_for(server), refresh_token=server.issue_refresh_token())
+            await tm.add(f"t{i}", keliweb(server), refresh_token=server.issue_refresh_token())
         await tm.get_token("t1")
         assert await tm.remove("t1")
         keys = sorted([k async for k in store.keys()])  # noqa: SIM118 - an async iterator

@@ -13,12 +13,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from support import keliweb
 from yarl import URL
 
 from asynctoken import (
     ConfigurationError,
     InvalidGrantError,
-    KeliwebProvider,
     RetryPolicy,
     TokenError,
     TokenManager,
@@ -33,21 +33,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[FakeOAuthServer]:
-    async with FakeOAuthServer("keliweb", expires_in=3600) as srv:
-        yield srv
-
-
-def provider(server: FakeOAuthServer) -> KeliwebProvider:
-    return KeliwebProvider(server.client_id, server.client_secret, token_url=server.token_url)
-
-
-@pytest.fixture
 async def manager(server: FakeOAuthServer) -> AsyncIterator[TokenManager]:
     # These tests expire tokens on the server several times a second; the manager's guard
     # against refresh loops (tested in test_manager.py) would refuse the later rejections.
     async with TokenManager(retry=FAST_RETRY, invalidate_interval=0) as tm:
-        await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+        await tm.add(KEY, keliweb(server), refresh_token=server.issue_refresh_token())
         yield tm
 
 
@@ -287,7 +277,7 @@ async def test_middleware_401_returned_without_retry_keeps_a_readable_body(
     app = web.Application()
     app.router.add_route("*", "/api", always_401)
     async with TestServer(app, host="127.0.0.1") as api, TokenManager() as tm:
-        await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+        await tm.add(KEY, keliweb(server), refresh_token=server.issue_refresh_token())
         async with aiohttp.ClientSession(middlewares=[tm.middleware(KEY)]) as http:
             bodies: list[bytes | str] = []
             for _ in range(2):
@@ -314,7 +304,7 @@ async def test_retrying_once_is_logged_only_when_retrying(
 
     api = await app_server(app_with("/x", always_401))
     async with TokenManager(retry=FAST_RETRY) as tm:  # default invalidate_interval
-        await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+        await tm.add(KEY, keliweb(server), refresh_token=server.issue_refresh_token())
         async with aiohttp.ClientSession(middlewares=[tm.middleware(KEY)]) as http:
             with caplog.at_level(logging.DEBUG, logger="asynctoken"):
                 async with http.get(api.make_url("/x")) as resp:  # retried once
@@ -345,7 +335,7 @@ async def test_middleware_with_bad_token_type_raises_token_error(server: FakeOAu
         },
     )
     async with TokenManager() as tm:
-        await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+        await tm.add(KEY, keliweb(server), refresh_token=server.issue_refresh_token())
         async with aiohttp.ClientSession(middlewares=[tm.middleware(KEY)]) as http:
             with pytest.raises(TokenError):
                 async with http.get(server.api_url):
@@ -423,7 +413,7 @@ async def test_manager_and_middleware_on_the_same_session(server: FakeOAuthServe
 
     async with aiohttp.ClientSession(middlewares=[auth]) as http:
         async with TokenManager(session=http, retry=FAST_RETRY, invalidate_interval=0) as tm:
-            await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+            await tm.add(KEY, keliweb(server), refresh_token=server.issue_refresh_token())
             middleware.append(tm.middleware(KEY))
 
             async def use() -> list[int]:
@@ -679,7 +669,7 @@ async def test_an_api_rejecting_every_token_causes_no_refresh_loop(
     app.router.add_get("/x", always_401)
     api = await app_server(app)
     async with TokenManager(retry=FAST_RETRY) as tm:  # default invalidate_interval
-        await tm.add(KEY, provider(server), refresh_token=server.issue_refresh_token())
+        await tm.add(KEY, keliweb(server), refresh_token=server.issue_refresh_token())
         async with aiohttp.ClientSession(middlewares=[tm.middleware(KEY)]) as http:
             for _ in range(20):
                 async with http.get(api.make_url("/x")) as resp:
