@@ -20,10 +20,11 @@ import anyio.to_thread
 import psutil
 import pytest
 from filelock import FileLock
-from support import collect, token
+from support import FAST_RETRY, collect, keliweb, token
 
-from asynctoken import ConfigurationError, StoreError, StoreLockTimeoutError, Token
+from asynctoken import ConfigurationError, StoreError, StoreLockTimeoutError, Token, TokenManager
 from asynctoken.stores import FileStore
+from asynctoken.testing import FakeOAuthServer
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "rt-SUPER-SECRET-0123456789"
@@ -483,6 +484,121 @@ async def test_concurrent_writers_in_many_processes_lose_no_update(
             stored = await store.get(f"{name}/{n}")
             assert stored is not None
             assert stored.access_token == f"{name}-{n}"
+
+
+# -- symbolic links and shared access -----------------------------------------------------------
+
+
+@pytest.fixture
+def linked(tmp_path: Path) -> tuple[Path, Path]:
+    """``(link, real)``: the token file named through a symbolic link, and its real path."""
+    real = tmp_path / "data" / "tokens.json"
+    real.parent.mkdir()
+    link = tmp_path / "tokens.json"
+    link.symlink_to(real)
+    return link, real
+
+
+async def test_a_symlinked_path_writes_through_to_its_target(linked: tuple[Path, Path]) -> None:
+    link, real = linked
+    via_link, via_real = FileStore(link), FileStore(real)
+    assert via_link.path == str(real)
+    await via_real.put("k", token(1))
+    await via_link.put("k", token(2))
+    await via_link.put("other", token(3))
+    assert link.is_symlink(), "the write replaced the link instead of its target"
+    assert await via_real.get("k") == token(2)
+    assert set(await collect(via_real.keys())) == {"k", "other"}
+    assert Path(f"{real}.lock").exists()
+    assert not Path(f"{link}.lock").exists()
+
+
+async def test_a_process_using_the_real_path_is_excluded_by_a_lock_taken_through_a_link(
+    linked: tuple[Path, Path], processes: list[subprocess.Popen[str]]
+) -> None:
+    link, real = linked
+    holder = spawn(HOLDER, str(real), "tenant-1")
+    processes.append(holder)
+    assert holder.stdout is not None
+    line = await anyio.to_thread.run_sync(holder.stdout.readline)
+    assert line == "locked\n", holder.communicate()[1]
+    with pytest.raises(StoreLockTimeoutError):
+        async with FileStore(link, poll_interval=0.01).lock("tenant-1", timeout=0.3):
+            pytest.fail("entered a lock that a process holds through the real path")
+
+
+async def test_managers_using_a_link_and_the_real_path_refresh_once(
+    server: FakeOAuthServer, linked: tuple[Path, Path]
+) -> None:
+    link, real = linked
+    a = TokenManager(store=FileStore(link), retry=FAST_RETRY)
+    b = TokenManager(store=FileStore(real), retry=FAST_RETRY)
+    try:
+        seed = Token(access_token="", expires_at=0, refresh_token=server.issue_refresh_token())
+        await FileStore(real).put("k", seed)
+        await a.add("k", keliweb(server))
+        await b.add("k", keliweb(server))
+        server.hold()
+        first = asyncio.create_task(a.get_token("k"))
+        await server.wait_for_token_requests(1)  # A holds the refresh lock, through the link
+        second = asyncio.create_task(b.get_token("k"))
+        await asyncio.wait({second}, timeout=0.2)
+        server.release()
+        token_a, token_b = await asyncio.gather(first, second)
+        assert token_a == token_b
+        assert server.token_requests == 1
+        assert server.reuse_detected == 0
+    finally:
+        await a.aclose()
+        await b.aclose()
+    assert link.is_symlink()
+
+
+def other_owner() -> tuple[int, int]:
+    """An owner and group to give the token file: anyone as root, else this user and another
+    group it belongs to (this user's own group if it has no other)."""
+    if os.geteuid() == 0:
+        return 4242, 4343
+    groups = [g for g in os.getgroups() if g != os.getegid()]
+    return os.geteuid(), groups[0] if groups else os.getegid()
+
+
+async def test_a_rewrite_keeps_the_owner_group_and_mode_of_the_file(path: Path) -> None:
+    store = FileStore(path)
+    await store.put("k", token(1))
+    assert mode(path) == 0o600  # a new file is private
+    uid, gid = other_owner()
+    os.chown(path, uid, gid)
+    os.chmod(path, 0o640)  # shared with a second service account through the group
+    await store.put("k", token(2))
+    await store.delete("k")
+    await store.put("k", token(3))
+    st = path.stat()
+    assert (mode(path), st.st_gid, st.st_uid) == (0o640, gid, uid)
+    assert await store.get("k") == token(3)
+
+
+async def test_lock_files_follow_the_owner_and_group_of_the_token_file(path: Path) -> None:
+    uid, gid = other_owner()
+    if (uid, gid) == (os.geteuid(), os.getegid()):
+        pytest.skip("needs root, or membership of a second group")
+    await FileStore(path).put("k", token(1))
+    os.chown(path, uid, gid)
+    os.chmod(path, 0o640)
+    # Another store (an operator's command, say) writes and locks: the application's account,
+    # or anyone in the group, must still be able to take the locks afterwards.
+    store = FileStore(path)
+    await store.put("k", token(2))
+    async with store.lock("k", timeout=1):
+        pass
+    locks = Path(f"{path}.locks")
+    for lock_path, expected in [(Path(f"{path}.lock"), 0o660), (locks, 0o770)]:
+        st = lock_path.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (expected, gid), lock_path
+        assert st.st_uid == uid, lock_path
+    for lock_file in locks.iterdir():
+        st = lock_file.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o660, uid, gid)
 
 
 # -- misc -----------------------------------------------------------------------------------------

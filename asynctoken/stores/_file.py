@@ -15,6 +15,7 @@ from filelock import BaseFileLock, FileLock, Timeout
 
 from .._errors import ConfigurationError, StoreError, StoreLockTimeoutError
 from .._token import Token
+from ._file_access import NEW_DIRECTORY_MODE, NEW_FILE_MODE, Access, access_of, adopt
 from ._file_format import (
     CorruptFileError,
     Document,
@@ -37,16 +38,23 @@ _R = TypeVar("_R")
 _WRITE_LOCK_POLL = 0.002
 
 # Attempts abandoned by a cancelled waiter, kept alive until their thread returns (see _attempt).
-_ABANDONED: set[asyncio.Future[bool]] = set()
+_ABANDONED: set[asyncio.Future[BaseFileLock | None]] = set()
 
 
 class FileStore:
     """Keeps every credential in one JSON file; safe for many processes on one host.
 
     The file (format in :mod:`asynctoken.stores._file_format`) is replaced atomically on every
-    write: a new ``0600`` file in the same directory is written, fsync'd and renamed over the old
-    one, then the directory is fsync'd. Readers never see a half-written file, and a crash leaves
-    the previous version.
+    write: a new file in the same directory is written, fsync'd and renamed over the old one, then
+    the directory is fsync'd. Readers never see a half-written file, and a crash leaves the
+    previous version. A new file is created ``0600``; a rewritten one keeps the owner (when this
+    process may set it, i.e. as root), group and mode of the file it replaces, so that service
+    accounts sharing it through a group, or an operator running the ``asynctoken`` command as
+    root, never take anyone's access away. Lock files follow the token file's owner and group.
+
+    ``path`` is resolved once, when the store is created (:func:`os.path.realpath`): if it is a
+    symbolic link, writes replace the file it points to and the locks sit next to that file, so
+    processes that name the file by its real path or through any link exclude each other.
 
     Two kinds of OS file locks (via :mod:`filelock`, released by the kernel if the holder dies,
     even by ``kill -9``) coordinate processes:
@@ -98,7 +106,7 @@ class FileStore:
             raise ConfigurationError(f"lock_timeout must be positive, not {lock_timeout!r}")
         if not poll_interval > 0:
             raise ConfigurationError(f"poll_interval must be positive, not {poll_interval!r}")
-        self._path = os.path.abspath(os.fspath(path))
+        self._path = os.path.realpath(os.fspath(path))
         self._lock_path = self._path + ".lock"
         self._locks_dir = self._path + ".locks"
         self._lock_timeout = float(lock_timeout)
@@ -111,7 +119,7 @@ class FileStore:
 
     @property
     def path(self) -> str:
-        """The absolute path of the JSON file."""
+        """The absolute path of the JSON file, symbolic links resolved."""
         return self._path
 
     async def get(self, key: str) -> Token | None:
@@ -280,12 +288,16 @@ class FileStore:
 
     def _mutate_sync(self, key: str, change: Callable[[dict[str, Any]], tuple[_R, bool]]) -> _R:
         """Read-modify-write under the store-wide lock; ``change`` says what to write, and if."""
-        self._make_directory(os.path.dirname(self._path))
-        write_lock = FileLock(self._lock_path, mode=0o600, thread_local=False)
+        self._make_directory(os.path.dirname(self._path), NEW_DIRECTORY_MODE)
+        access = _shared_access(self._path)
+        mode = NEW_FILE_MODE if access is None else access.lock_file_mode
+        write_lock = FileLock(self._lock_path, mode=mode, thread_local=False)
         try:
             # Writers hold this lock for milliseconds: poll fast, or waiters starve behind a
             # process that writes in a loop.
             write_lock.acquire(timeout=self._lock_timeout, poll_interval=_WRITE_LOCK_POLL)
+            if access is not None:
+                adopt(self._lock_path, access, mode)
         except Timeout:
             raise StoreLockTimeoutError(
                 f"the write lock {self._lock_path} of {self._path} was not acquired within "
@@ -309,8 +321,8 @@ class FileStore:
         finally:
             write_lock.release()
 
-    def _make_directory(self, directory: str) -> None:
-        """Create ``directory`` and its missing parents with mode 0700."""
+    def _make_directory(self, directory: str, mode: int) -> None:
+        """Create ``directory`` and its missing parents with ``mode``."""
         missing: list[str] = []
         while directory and not os.path.isdir(directory):
             missing.append(directory)
@@ -320,7 +332,7 @@ class FileStore:
             directory = parent
         for path in reversed(missing):
             try:
-                os.mkdir(path, 0o700)
+                os.mkdir(path, mode)
             except FileExistsError:
                 pass
             except OSError as exc:
@@ -343,42 +355,50 @@ class FileStore:
 
     async def _acquire_file(self, key: str, timeout: float, deadline: float) -> BaseFileLock:
         name = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        file_lock = FileLock(
-            os.path.join(self._locks_dir, f"{name}.lock"), mode=0o600, thread_local=False
-        )
+        lock_path = os.path.join(self._locks_dir, f"{name}.lock")
         loop = asyncio.get_running_loop()
-        while not await self._attempt(file_lock):
+        while (file_lock := await self._attempt(lock_path)) is None:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                holder = f"another process (lock file {file_lock.lock_file})"
+                holder = f"another process (lock file {lock_path})"
                 raise self._lock_timeout_error(key, timeout, holder)
             await anyio.sleep(min(self._poll_interval, remaining))
         return file_lock
 
-    async def _attempt(self, file_lock: BaseFileLock) -> bool:
-        """One non-blocking try at ``file_lock``, made in a worker thread.
+    async def _attempt(self, lock_path: str) -> BaseFileLock | None:
+        """One non-blocking try at the lock file ``lock_path``, made in a worker thread.
 
         A cancelled waiter must not leak the lock: the thread cannot be interrupted, so if it wins
         after the waiter is gone, the lock is released as soon as the thread returns.
         """
-        attempt = asyncio.ensure_future(anyio.to_thread.run_sync(self._try_lock, file_lock))
+        attempt = asyncio.ensure_future(anyio.to_thread.run_sync(self._try_lock, lock_path))
         try:
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
             _ABANDONED.add(attempt)
-            attempt.add_done_callback(lambda done: _release_if_won(done, file_lock))
+            attempt.add_done_callback(_release_if_won)
             raise
 
-    def _try_lock(self, file_lock: BaseFileLock) -> bool:
-        self._make_directory(self._locks_dir)
+    def _try_lock(self, lock_path: str) -> BaseFileLock | None:
+        access = _shared_access(self._path)
+        if access is None:
+            self._make_directory(self._locks_dir, NEW_DIRECTORY_MODE)
+            mode = NEW_FILE_MODE
+        else:
+            self._make_directory(self._locks_dir, access.lock_directory_mode)
+            adopt(self._locks_dir, access, access.lock_directory_mode)
+            mode = access.lock_file_mode
+        file_lock = FileLock(lock_path, mode=mode, thread_local=False)
         try:
             file_lock.acquire(timeout=0)
         except Timeout:
-            return False
+            return None
         except OSError as exc:
-            message = f"cannot lock {file_lock.lock_file}: {exc.strerror or exc}"
+            message = f"cannot lock {lock_path}: {exc.strerror or exc}"
             raise StoreError(message, location=self._path) from exc
-        return True
+        if access is not None:
+            adopt(lock_path, access, mode)
+        return file_lock
 
     def _lock_timeout_error(self, key: str, timeout: float, holder: str) -> StoreLockTimeoutError:
         return StoreLockTimeoutError(
@@ -388,7 +408,17 @@ class FileStore:
         )
 
 
-def _release_if_won(attempt: asyncio.Future[bool], file_lock: BaseFileLock) -> None:
+def _shared_access(path: str) -> Access | None:
+    """The token file's access, when lock files must follow it (not this process's own 0600)."""
+    access = access_of(path)
+    if access is None or access.is_private_to_this_process:
+        return None
+    return access
+
+
+def _release_if_won(attempt: asyncio.Future[BaseFileLock | None]) -> None:
     _ABANDONED.discard(attempt)
-    if not attempt.cancelled() and attempt.exception() is None and attempt.result():
-        file_lock.release()
+    if not attempt.cancelled() and attempt.exception() is None:
+        file_lock = attempt.result()
+        if file_lock is not None:
+            file_lock.release()

@@ -25,6 +25,7 @@ from typing import Any
 
 from .._errors import StoreError
 from .._token import Token
+from ._file_access import NEW_FILE_MODE, access_of, give_to
 
 __all__ = [
     "FORMAT",
@@ -187,16 +188,20 @@ def write_document(path: str, top: Mapping[str, Any]) -> None:
     The bytes go to a new ``0600`` file in the same directory, which is flushed, fsync'd and
     renamed over ``path``; the directory is then fsync'd so that the rename survives a power loss.
     A reader sees either the old file or the new one, never a mix, and a crash leaves at worst an
-    orphaned temporary file (removed by :func:`remove_stale_temp_files`).
+    orphaned temporary file (removed by :func:`remove_stale_temp_files`). When ``path`` exists,
+    the new file first gets its owner (if permitted), group and mode (see :mod:`._file_access`).
     """
     # ASCII with \u escapes: any str (even an unpaired surrogate) round-trips, always valid UTF-8.
     data = json.dumps(top, indent=1, allow_nan=False).encode("ascii") + b"\n"
     directory, name = os.path.split(path)
     temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_CLOEXEC | _O_NOFOLLOW
+    access = access_of(path)
     try:
-        fd = os.open(temp, flags, 0o600)
+        fd = os.open(temp, flags, NEW_FILE_MODE)
         with os.fdopen(fd, "wb") as file:
+            if access is not None:
+                give_to(file.fileno(), access, path)
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
