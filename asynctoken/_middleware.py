@@ -8,8 +8,6 @@ manager's single flight, so any number of requests rejected together cause one t
 from __future__ import annotations
 
 import contextlib
-import logging
-import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
@@ -17,10 +15,8 @@ import aiohttp
 from aiohttp import hdrs, payload
 from yarl import URL
 
-from ._errors import ConfigurationError
-from ._secrets import mask
+from ._authflow import AuthRules, Verdict, token_for_retry, warn_not_replayable
 from ._token import Token
-from .providers._http import is_loopback_host
 
 if TYPE_CHECKING:
     from aiohttp.client_middlewares import ClientHandlerType
@@ -29,17 +25,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TokenMiddleware"]
 
-logger = logging.getLogger("asynctoken")
-
-_Origin = tuple[str, str | None, int | None]
-
-# ``error="invalid_token"`` or ``error=invalid_token`` inside a challenge (RFC 6750 §3). The
-# leading separator keeps ``error_description=`` and ``error_uri=`` from matching.
-_ERROR_PARAM: Final = re.compile(r'(?:^|[\s,])error\s*=\s*(?:"([^"]*)"|([^\s,]+))', re.IGNORECASE)
-_BEARER: Final = re.compile(r"(?:^|,)\s*bearer(?:\s|,|$)", re.IGNORECASE)
 # Reading a small 401 body lets its connection go back to the pool instead of being closed.
 _DRAIN_LIMIT: Final = 64 * 1024
-_CLEAR_TEXT_SCHEMES: Final = frozenset({"http", "ws"})
 
 
 class TokenMiddleware:
@@ -124,15 +111,7 @@ class TokenMiddleware:
             raised by a request to such an origin when it would be the first request's origin.
     """
 
-    __slots__ = (
-        "_allow_insecure_http",
-        "_header",
-        "_key",
-        "_manager",
-        "_origins",
-        "_require_invalid_token",
-        "_sent",
-    )
+    __slots__ = ("_manager", "_rules")
 
     def __init__(
         self,
@@ -143,27 +122,13 @@ class TokenMiddleware:
         require_invalid_token: bool = False,
         allow_insecure_http: bool = False,
     ) -> None:
-        if not isinstance(key, str) or not key:
-            raise ConfigurationError("key must be a non-empty string")
-        if isinstance(origins, (str, URL)):
-            raise ConfigurationError("origins must be an iterable of URLs, not a single URL")
-        if not isinstance(allow_insecure_http, bool):
-            raise ConfigurationError("allow_insecure_http must be True or False")
+        self._rules = AuthRules(
+            key,
+            origins=origins,
+            require_invalid_token=require_invalid_token,
+            allow_insecure_http=allow_insecure_http,
+        )
         self._manager = manager
-        self._key = key
-        self._require_invalid_token = bool(require_invalid_token)
-        self._allow_insecure_http = allow_insecure_http
-        self._origins: frozenset[_Origin] | None = None
-        if origins is not None:
-            parsed = frozenset(_parse_origin(origin) for origin in origins)
-            if not parsed:
-                raise ConfigurationError("origins must not be empty; pass None for the default")
-            for origin in sorted(parsed, key=_origin_text):
-                self._check_secure(origin)
-            self._origins = parsed
-        # The last token sent and its header value, so a cached token costs no string building.
-        self._sent: Token | None = None
-        self._header = ""
 
     async def __call__(
         self, request: aiohttp.ClientRequest, handler: ClientHandlerType
@@ -176,25 +141,12 @@ class TokenMiddleware:
             ConfigurationError: the request would pin the token to a plain ``http://`` origin
                 that is not loopback, and ``allow_insecure_http`` is off. Nothing was sent.
         """
+        rules = self._rules
         url = request.url
-        origin = (url.scheme, url.raw_host, url.port)
-        origins = self._origins
-        if origins is None:
-            self._check_secure(origin)  # every pinned or given origin passed this check once
-            self._origins = frozenset((origin,))
-            logger.info(
-                "credential %r: the middleware sends its token to %s://%s:%s only (the first "
-                "request's origin); pass origins=[...] to allow others",
-                self._key,
-                *origin,
-            )
-        elif origin not in origins:
+        if not rules.covers(url.scheme, url.raw_host, url.port):
             return await handler(request)
-
-        token = await self._manager.get_token(self._key)
-        if token is not self._sent:
-            self._sent, self._header = token, token.authorization
-        request.headers[hdrs.AUTHORIZATION] = self._header
+        token = await self._manager.get_token(rules.key)
+        request.headers.update(rules.headers(token, request.method, url))
         response = await handler(request)
         if response.status != 401:
             return response
@@ -212,103 +164,38 @@ class TokenMiddleware:
         Nothing is released before the retry is certain: a 401 that is not retried reaches the
         caller untouched, its body still readable.
         """
-        if not self._token_rejected(response):
+        rules = self._rules
+        if rules.verdict(response.headers.getall(hdrs.WWW_AUTHENTICATE, ())) is Verdict.KEEP:
             return response
         try:
-            # Dropped whatever happens next, so that the caller's next request gets a new one.
-            await self._manager.invalidate(self._key, token)
-            if not _replayable(request.body):
-                self._not_replayable(request)
-                return response
-            fresh = await self._manager.get_token(self._key)
+            fresh = await token_for_retry(
+                self._manager,
+                rules,
+                token,
+                replayable=_replayable(request.body),
+                method=request.method,
+                url=request.url,
+                body=type(request.body).__name__,
+            )
         except BaseException:
             response.release()
             raise
-        if fresh.access_token == token.access_token:
-            # The manager refused to drop it (it just replaced a rejected token): sending the
-            # same token again cannot help.
-            logger.debug(
-                "credential %r: access token %s rejected with 401 again; not retrying",
-                self._key,
-                mask(token.access_token),
-            )
+        if fresh is None:
             return response
         await _drain(response)
         # Checked again right before the release: the body writer may have got further while
         # the manager and the drain were awaited. From here to the release nothing awaits.
         if not _replayable(request.body):
-            self._not_replayable(request)
+            warn_not_replayable(rules, request.method, request.url, type(request.body).__name__)
             return response
-        logger.debug(
-            "credential %r: access token %s rejected with 401; retrying once",
-            self._key,
-            mask(token.access_token),
-        )
         response.release()
         # Let the cancelled body writer settle before the body is written again.
         await response.wait_for_close()
-        request.headers[hdrs.AUTHORIZATION] = fresh.authorization
+        request.headers.update(rules.headers(fresh, request.method, request.url))
         return await handler(request)
 
-    def _not_replayable(self, request: aiohttp.ClientRequest) -> None:
-        logger.warning(
-            "credential %r: %s %s answered 401, but its body (%s) was consumed and cannot be "
-            "sent again; the 401 is returned without a retry",
-            self._key,
-            request.method,
-            request.url.with_query(None),
-            type(request.body).__name__,
-        )
-
-    def _check_secure(self, origin: _Origin) -> None:
-        """Refuse a clear-text origin on another machine, unless ``allow_insecure_http``."""
-        scheme, host, _ = origin
-        if (
-            scheme.lower() in _CLEAR_TEXT_SCHEMES
-            and not self._allow_insecure_http
-            and not is_loopback_host(host)
-        ):
-            raise ConfigurationError(
-                f"refusing to send the access token over plain {scheme} to "
-                f"{_origin_text(origin)}, which is not a loopback host (anyone on "
-                "the way could read and reuse it); use https, or pass allow_insecure_http=True",
-                key=self._key,
-            )
-
-    def _token_rejected(self, response: aiohttp.ClientResponse) -> bool:
-        """Whether a 401 means "this access token is no good" (so a new one may help)."""
-        for challenge in response.headers.getall(hdrs.WWW_AUTHENTICATE, ()):
-            if not _BEARER.search(challenge):
-                continue
-            match = _ERROR_PARAM.search(challenge)
-            if match is not None:
-                error = match.group(1) if match.group(1) is not None else match.group(2)
-                return error.lower() == "invalid_token"
-        return not self._require_invalid_token
-
     def __repr__(self) -> str:
-        origins = (
-            "first request"
-            if self._origins is None
-            else sorted(_origin_text(origin) for origin in self._origins)
-        )
-        insecure = ", allow_insecure_http=True" if self._allow_insecure_http else ""
-        return (
-            f"TokenMiddleware(key={self._key!r}, origins={origins!r}, "
-            f"require_invalid_token={self._require_invalid_token}{insecure})"
-        )
-
-
-def _origin_text(origin: _Origin) -> str:
-    scheme, host, port = origin
-    return str(URL.build(scheme=scheme, host=host or "", port=port))
-
-
-def _parse_origin(value: str | URL) -> _Origin:
-    url = URL(value)
-    if not url.absolute or not url.scheme or not url.raw_host:
-        raise ConfigurationError(f"origin {str(value)!r} is not an absolute URL")
-    return (url.scheme, url.raw_host, url.port)
+        return f"TokenMiddleware({self._rules.describe()})"
 
 
 def _replayable(body: object) -> bool:
