@@ -3,8 +3,12 @@
 :class:`FakeOAuthServer` is a real HTTP server on loopback that speaks like Keliweb (Laravel
 Passport), ERPeasy (Spring) or a plain RFC 6749 server: it rotates refresh tokens, detects reuse
 and revokes the token family, expires access tokens on an injectable clock, serves a protected
-endpoint, and lets a test inject failures, add latency, and park requests at a gate. Nothing
-requires sleeping: wait on events with :meth:`FakeOAuthServer.wait_for_token_requests`.
+endpoint, and lets a test inject failures, add latency, and park requests at a gate. With
+:meth:`FakeOAuthServer.rewrite_next` the endpoint decides a request as usual (a refresh rotates)
+and then sends a :class:`TokenAnswer` of the test's making: odd fields, broken JSON, extra
+``Set-Cookie`` headers, a slow, cut or lost body; each record says whether its answer was
+delivered (:attr:`TokenRequest.lost_in_flight`). Nothing requires sleeping: wait on events with
+:meth:`FakeOAuthServer.wait_for_token_requests`.
 
 Example::
 
@@ -38,17 +42,20 @@ the token URL as its first line.
 
 from __future__ import annotations
 
+from ._answers import AnswerRewrite, TokenAnswer
 from ._clock import FakeClock
 from ._faults import MalformedKind
 from ._records import ApiCall, TokenRequest
 from ._server import FakeOAuthServer, FakeOAuthServerFactory, Flavor
 
 __all__ = [
+    "AnswerRewrite",
     "ApiCall",
     "FakeClock",
     "FakeOAuthServer",
     "FakeOAuthServerFactory",
     "Flavor",
     "MalformedKind",
+    "TokenAnswer",
     "TokenRequest",
 ]

@@ -1,7 +1,9 @@
-"""Failure injection: canned bad answers the token endpoint gives instead of a real one.
+"""Failure injection: canned bad answers the token endpoint gives instead of a real one, and
+rewrites of the answers it decided.
 
-A fault never looks at, rotates or consumes the refresh token in the request, exactly as a
-proxy answering 503 in front of the real server would not.
+A canned fault never looks at, rotates or consumes the refresh token in the request, exactly as
+a proxy answering 503 in front of the real server would not. A rewrite (:meth:`rewrite_next`)
+lets the endpoint decide first, so a rotation happens, and then changes what is sent.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from aiohttp import web
+
+from ._answers import AnswerRewrite
 
 __all__ = ["MALFORMED_KINDS", "FailureInjection", "Fault", "MalformedKind"]
 
@@ -43,8 +47,8 @@ _HTML = (
 class Fault:
     """One queued injection.
 
-    ``status is None`` means "answer normally" (a pure delay); ``disconnect`` drops the
-    connection without answering.
+    ``status is None`` means "answer normally" (a pure delay, or the answer passed through
+    ``rewrite``); ``disconnect`` drops the connection without answering.
     """
 
     outcome: str
@@ -54,6 +58,7 @@ class Fault:
     headers: tuple[tuple[str, str], ...] = ()
     delay: float = 0.0
     disconnect: bool = False
+    rewrite: AnswerRewrite | None = None
 
     def response(self) -> web.Response:
         assert self.status is not None
@@ -226,10 +231,50 @@ class FailureInjection:
         answers themselves are normal."""
         self._queue(Fault(outcome="delayed", delay=check_delay(seconds)), n)
 
-    def disconnect_next(self, n: int = 1, *, delay: float | None = None) -> None:
-        """Drop the connection of the next ``n`` token requests without answering."""
+    def disconnect_next(
+        self, n: int = 1, *, delay: float | None = None, after_decision: bool = False
+    ) -> None:
+        """Drop the connection of the next ``n`` token requests without answering.
+
+        Args:
+            n: how many requests.
+            delay: seconds to wait before dropping (before deciding, with ``after_decision``).
+            after_decision: decide the request first, so that a refresh rotates the refresh
+                token, then drop the connection: the answer is lost in flight, and the record's
+                :attr:`~asynctoken.testing.TokenRequest.lost_in_flight` says so.
+        """
+        if after_decision:
+            self.rewrite_next(lambda answer: answer.replace(disconnect=True), n, delay=delay)
+            return
         fault = Fault(outcome="injected:disconnect", disconnect=True, delay=check_delay(delay))
         self._queue(fault, n)
+
+    def rewrite_next(
+        self, rewrite: AnswerRewrite, n: int = 1, *, delay: float | None = None
+    ) -> None:
+        """Decide the next ``n`` token requests as usual, then send ``rewrite(answer)``.
+
+        The decision stands whatever is sent: a refresh rotates the refresh token, a reused one
+        revokes its family. The rewrite sees every decided answer, error answers included
+        (check :attr:`TokenAnswer.is_rotation` or ``status``). It runs on the event loop and
+        must not block. Each token request takes one queued entry, in arrival order.
+
+        Example::
+
+            # The rotated answer, plus a field that json.dumps writes as NaN:
+            server.rewrite_next(lambda a: a.with_json({**a.json(), "ratio": float("nan")}))
+            # ... and the same answer lost on its way back:
+            server.rewrite_next(lambda a: a.replace(disconnect=True))
+
+        Args:
+            rewrite: the decided :class:`~asynctoken.testing.TokenAnswer` in, the answer to
+                send out (its ``disconnect``, ``body_delay`` and ``complete`` fields say how).
+            n: how many requests.
+            delay: seconds to wait before deciding.
+        """
+        if not callable(rewrite):
+            raise ValueError("rewrite must be a function of a TokenAnswer")
+        self._queue(Fault(outcome="rewritten", delay=check_delay(delay), rewrite=rewrite), n)
 
     def _queue(self, fault: Fault, n: int) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:

@@ -45,6 +45,9 @@ class TokenRequest:
         issued_access_token: the access token in a successful answer.
         issued_refresh_token: the refresh token in a successful answer (JSON or cookie), or
             ``None`` when the answer carried none.
+        delivered: ``None`` until the answer is written; then ``True`` when all of it was
+            handed to an open connection, ``False`` when the connection was dropped first (an
+            injected disconnect, a cut or stalled body, the client gone, the server closing).
     """
 
     index: int
@@ -65,18 +68,30 @@ class TokenRequest:
     status: int | None = None
     issued_access_token: str | None = None
     issued_refresh_token: str | None = None
+    delivered: bool | None = None
 
     @property
     def done(self) -> bool:
         """Whether the server has answered (or given up on) this request."""
         return self.outcome != "pending"
 
+    @property
+    def lost_in_flight(self) -> bool:
+        """Whether this request rotated the refresh token but its answer never fully reached
+        the client: the one window in which no client can keep the new refresh token."""
+        return (
+            self.delivered is False
+            and self.issued_refresh_token is not None
+            and self.issued_refresh_token != self.refresh_token
+        )
+
     def __repr__(self) -> str:
         return (
             f"TokenRequest(index={self.index}, grant_type={self.grant_type!r}, "
             f"refresh_token={mask(self.refresh_token)!r}, "
             f"refresh_token_source={self.refresh_token_source!r}, "
-            f"client_auth={self.client_auth!r}, outcome={self.outcome!r}, status={self.status!r})"
+            f"client_auth={self.client_auth!r}, outcome={self.outcome!r}, status={self.status!r}, "
+            f"delivered={self.delivered!r})"
         )
 
 

@@ -15,7 +15,8 @@ from .._clock import Clock, SystemClock
 from .._secrets import mask
 from .._token import Token
 from ..providers._http import is_loopback_host
-from ._endpoint import Flavor, Settings, TokenEndpoint, read_token_request
+from ._answers import TokenAnswer, send_answer
+from ._endpoint import ClientCredentials, Flavor, Settings, TokenEndpoint, read_token_request
 from ._faults import FailureInjection, Fault, check_delay
 from ._records import ApiCall, TokenRequest
 from ._registry import Registry
@@ -160,6 +161,7 @@ class FakeOAuthServer(FailureInjection, Synchronisation, ProtectedResource):
         self._gate = Gate()
         self._arrived = ArrivalCounter()
         self._answered = ArrivalCounter()
+        self._delivered = ArrivalCounter()
         self._api_arrived = ArrivalCounter()
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Future[None] | None = None
@@ -203,7 +205,7 @@ class FakeOAuthServer(FailureInjection, Synchronisation, ProtectedResource):
         if self._closing is not None and not self._closing.done():
             self._closing.set_result(None)
         self._gate.close()
-        for counter in (self._arrived, self._answered, self._api_arrived):
+        for counter in (self._arrived, self._answered, self._delivered, self._api_arrived):
             counter.close()
         if self._runner is not None:
             runner, self._runner = self._runner, None
@@ -406,28 +408,41 @@ class FakeOAuthServer(FailureInjection, Synchronisation, ProtectedResource):
         fault = self._faults.popleft() if self._faults else None
         self._arrived.increment()
         try:
-            await self._gate.passage()
-            await self._pause(self._delay + (fault.delay if fault is not None else 0.0))
-            if fault is not None and fault.disconnect:
-                record.outcome = fault.outcome
-                if request.transport is not None:
-                    request.transport.close()
-                return web.Response(status=500)  # written to a closed transport: never seen
-            if fault is not None and fault.status is not None:
-                record.outcome = fault.outcome
-                response = fault.response()
-            else:
-                response = self._endpoint.answer(record, creds)
-            record.status = response.status
-            return response
-        except ServerClosedError:
-            record.outcome, record.status = "cancelled", 503
-            body = {"error": "temporarily_unavailable", "error_description": "Server closing."}
-            return web.json_response(body, status=503, headers={"Connection": "close"})
+            try:
+                await self._gate.passage()
+                await self._pause(self._delay + (fault.delay if fault is not None else 0.0))
+                answer = self._decide(record, creds, fault)
+            except ServerClosedError:
+                record.outcome, record.status = "cancelled", 503
+                body = {"error": "temporarily_unavailable", "error_description": "Server closing."}
+                closing = web.json_response(body, status=503, headers={"Connection": "close"})
+                answer = TokenAnswer.of(closing, record)
+            finally:
+                if record.outcome == "pending":
+                    record.outcome = "cancelled"
+                self._answered.increment()
+            return await send_answer(request, answer, record, self._pause)
         finally:
-            if record.outcome == "pending":
-                record.outcome = "cancelled"
-            self._answered.increment()
+            if record.delivered is None:  # the handler itself was cancelled
+                record.delivered = False
+            self._delivered.increment()
+
+    def _decide(
+        self, record: TokenRequest, creds: ClientCredentials, fault: Fault | None
+    ) -> TokenAnswer:
+        """The answer to send: injected, or decided by the endpoint (and maybe rewritten)."""
+        if fault is not None and fault.disconnect:
+            record.outcome = fault.outcome
+            return TokenAnswer(status=500, headers=(), body=b"", disconnect=True)
+        if fault is not None and fault.status is not None:
+            record.outcome = fault.outcome
+            return TokenAnswer.of(fault.response(), record)
+        answer = TokenAnswer.of(self._endpoint.answer(record, creds), record)
+        if fault is not None and fault.rewrite is not None:
+            answer = fault.rewrite(answer)
+            if not isinstance(answer, TokenAnswer):
+                raise TypeError(f"a rewrite must return a TokenAnswer, not {type(answer).__name__}")
+        return answer
 
     def __repr__(self) -> str:
         where = self.base_url if self._runner is not None else "not started"

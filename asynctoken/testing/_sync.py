@@ -143,6 +143,7 @@ class Synchronisation:
     _gate: Gate
     _arrived: ArrivalCounter
     _answered: ArrivalCounter
+    _delivered: ArrivalCounter
     _api_arrived: ArrivalCounter
 
     def hold(self) -> GateHold:
@@ -196,6 +197,12 @@ class Synchronisation:
         """Return once ``n`` token requests have been decided: their record's ``outcome`` is
         final and the answer is being written. Like :meth:`wait_for_token_requests` otherwise."""
         return await self._answered.wait_for(n, timeout, "token responses")
+
+    async def wait_for_token_deliveries(self, n: int, timeout: float | None = 5.0) -> int:
+        """Return once ``n`` token answers have been sent in full or dropped: their record's
+        :attr:`~asynctoken.testing.TokenRequest.delivered` is ``True`` or ``False``. Like
+        :meth:`wait_for_token_requests` otherwise."""
+        return await self._delivered.wait_for(n, timeout, "token answers delivered or dropped")
 
     async def wait_for_api_requests(self, n: int, timeout: float | None = 5.0) -> int:
         """Return once ``n`` protected-endpoint requests have arrived."""

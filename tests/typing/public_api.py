@@ -66,3 +66,18 @@ async def many_tenants(url: str) -> None:
             print(exc.status, exc.error)
         except TokenError as exc:
             print(exc.key)
+
+
+async def mangled_answers() -> bool:
+    from asynctoken.testing import FakeOAuthServer, TokenAnswer
+
+    def odd_field(answer: TokenAnswer) -> TokenAnswer:
+        if not answer.is_rotation:
+            return answer
+        return answer.with_json({**answer.json(), "ratio": float("nan")}).replace(body_delay=0.1)
+
+    async with FakeOAuthServer("erpeasy") as server:
+        server.rewrite_next(odd_field)
+        server.disconnect_next(after_decision=True)
+        await server.wait_for_token_deliveries(2, timeout=None)
+        return any(record.lost_in_flight for record in server.requests)
