@@ -4,11 +4,13 @@ fresh Redis key prefix per test."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import pytest_asyncio
 import redis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from redis_server import RedisServer
 
 from asynctoken.testing import FakeOAuthServer
@@ -19,6 +21,22 @@ async def server() -> AsyncIterator[FakeOAuthServer]:
     """A fake Keliweb token server on loopback, one-hour tokens (modules may override it)."""
     async with FakeOAuthServer("keliweb", expires_in=3600) as srv:
         yield srv
+
+
+@pytest_asyncio.fixture
+async def app_server() -> AsyncIterator[Callable[[web.Application], Awaitable[TestServer]]]:
+    """Start small aiohttp apps on 127.0.0.1; all are closed at teardown."""
+    servers: list[TestServer] = []
+
+    async def start(app: web.Application) -> TestServer:
+        test_server = TestServer(app, host="127.0.0.1")
+        await test_server.start_server()
+        servers.append(test_server)
+        return test_server
+
+    yield start
+    for test_server in servers:
+        await test_server.close()
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+
+from aiohttp import web
 
 from asynctoken import KeliwebProvider, RetryPolicy, Token
 from asynctoken.testing import FakeOAuthServer
@@ -34,4 +36,29 @@ def token(n: int, refresh: str | None = None) -> Token:
         expires_at=1_700_000_000.0 + n,
         refresh_token=refresh or f"refresh-{n}",
         extra={"n": n},
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def app_with(route: str, handler: Handler, method: str = "*") -> web.Application:
+    """An aiohttp app with one route."""
+    app = web.Application()
+    app.router.add_route(method, route, handler)
+    return app
+
+
+def bearer(request: web.Request) -> str | None:
+    """The bearer token a request carried, if any."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme == "Bearer" and token else None
+
+
+def invalid_token() -> web.Response:
+    """A resource server's answer to a rejected token (RFC 6750)."""
+    return web.json_response(
+        {"error": "invalid_token"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
     )

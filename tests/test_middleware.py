@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from support import keliweb
+from support import app_with, bearer, invalid_token, keliweb
 from yarl import URL
 
 from asynctoken import (
@@ -29,8 +29,6 @@ from asynctoken.testing import FakeOAuthServer
 KEY = "keliweb"
 FAST_RETRY = RetryPolicy(attempts=2, deadline=5.0, initial_delay=0.01, max_delay=0.02)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 @pytest.fixture
 async def manager(server: FakeOAuthServer) -> AsyncIterator[TokenManager]:
@@ -45,41 +43,6 @@ async def manager(server: FakeOAuthServer) -> AsyncIterator[TokenManager]:
 async def session(manager: TokenManager) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(middlewares=[manager.middleware(KEY)]) as http:
         yield http
-
-
-@pytest.fixture
-async def app_server() -> AsyncIterator[Callable[[web.Application], Awaitable[TestServer]]]:
-    """Start small aiohttp apps on 127.0.0.1; all are closed at teardown."""
-    servers: list[TestServer] = []
-
-    async def start(app: web.Application) -> TestServer:
-        test_server = TestServer(app, host="127.0.0.1")
-        await test_server.start_server()
-        servers.append(test_server)
-        return test_server
-
-    yield start
-    for test_server in servers:
-        await test_server.close()
-
-
-def app_with(route: str, handler: Handler, method: str = "*") -> web.Application:
-    app = web.Application()
-    app.router.add_route(method, route, handler)
-    return app
-
-
-def bearer(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token if scheme == "Bearer" and token else None
-
-
-def invalid_token() -> web.Response:
-    return web.json_response(
-        {"error": "invalid_token"},
-        status=401,
-        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-    )
 
 
 # ------------------------------------------------------------------------------- happy path
