@@ -81,3 +81,16 @@ async def mangled_answers() -> bool:
         server.disconnect_next(after_decision=True)
         await server.wait_for_token_deliveries(2, timeout=None)
         return any(record.lost_in_flight for record in server.requests)
+
+
+async def httpx_with_token_auth() -> int:
+    import httpx
+
+    from asynctoken.httpx import TokenAuth
+
+    async with TokenManager() as tm:
+        await tm.add("k", KeliwebProvider(client_id="id", client_secret="secret"))
+        auth = TokenAuth(tm, "k", origins=["https://api.example.com"])
+        async with httpx.AsyncClient(auth=auth) as client:
+            response = await client.get("https://api.example.com/")
+            return response.status_code
