@@ -36,13 +36,12 @@ from ._clock import Clock, SystemClock
 from ._errors import (
     ConfigurationError,
     CredentialNotFoundError,
-    MalformedResponseError,
     TokenEndpointError,
     TokenError,
     TransientError,
 )
 from ._policy import Margins, RetryPolicy
-from ._request import request_token
+from ._refresh import Refresher
 from ._saving import RotationSaver
 from ._secrets import mask
 from ._token import Token
@@ -133,10 +132,10 @@ class TokenManager:
         "_monotonic",
         "_provider_types",
         "_providers",
+        "_refresher",
         "_rejected",
         "_resolved",
         "_retry",
-        "_save_patience",
         "_saver",
         "_session",
         "_store",
@@ -182,7 +181,6 @@ class TokenManager:
         self._cooldown = error_cooldown
         self._background_retry = background_retry_interval
         self._close_timeout = close_timeout
-        self._save_patience = save_patience
         self._clock: Clock = clock or SystemClock()
         self._monotonic = self._clock.monotonic
         self._wall = self._clock.time
@@ -202,6 +200,15 @@ class TokenManager:
         )
         self._rejected: cachetools.LRUCache[str, str] = cachetools.LRUCache(cache_size)
         self._saver = RotationSaver(self._store)
+        self._refresher = Refresher(
+            self._store,
+            self._saver,
+            session=self._session_for_tokens,
+            retry=self._retry,
+            clock=self._clock,
+            lock_timeout=lock_timeout,
+            save_patience=save_patience,
+        )
         self._invalidate_interval = invalidate_interval
         self._invalidated: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
             cache_size, ttl=invalidate_interval or 1e-9, timer=self._monotonic
@@ -471,7 +478,11 @@ class TokenManager:
     async def _run(self, key: str, flight: Flight, *, force: bool, background: bool) -> None:
         """The refresh task: refresh, then settle every caller in this same step."""
         try:
-            token = await self._refresh(key, flight, force=force, background=background)
+            provider = await self._provider_for(key)
+            outlet = _Outlet(self, key, flight)
+            token = await self._refresher.run(
+                key, provider, outlet, force=force, background=background
+            )
         except Exception as exc:
             self._land(key, flight)
             if not flight.fenced:
@@ -526,121 +537,7 @@ class TokenManager:
         else:
             logger.error("credential %r: refresh crashed", key, exc_info=error)
 
-    async def _refresh(self, key: str, flight: Flight, *, force: bool, background: bool) -> Token:
-        try:
-            return await self._refresh_inner(key, flight, force=force, background=background)
-        except TokenError as exc:
-            if exc.key is None:
-                exc.key = key
-            raise
-
-    async def _refresh_inner(
-        self, key: str, flight: Flight, *, force: bool, background: bool
-    ) -> Token:
-        provider = await self._provider_for(key)
-        store = self._store
-        if not force:
-            # A cold cache or another process may already have a good token: one store read.
-            token = self._usable(key, await store.get(key), flight, need_fresh=background)
-            if token is not None:
-                return token
-        async with store.lock(key, timeout=self._lock_timeout):
-            stored = await store.get(key)
-            stored = await self._saver.resume(key, stored)
-            if not force:
-                token = self._usable(key, stored, flight, need_fresh=background)
-                if token is not None:
-                    logger.debug("credential %r: picked up a token refreshed elsewhere", key)
-                    return token
-            old_refresh = stored.refresh_token if stored is not None else None
-            try:
-                token, issued_mono, issued_wall = await request_token(
-                    key,
-                    provider,
-                    self._session_for_tokens(),
-                    old_refresh,
-                    retry=self._retry,
-                    clock=self._clock,
-                )
-            except MalformedResponseError as exc:
-                if not await self._salvage(key, exc, stored, provider):
-                    # Kept unsaved: hold the lock while trying to write it, as below.
-                    self._land(key, flight)
-                    flight.fail(exc)
-                    await self._saver.keep_trying(key, patience=self._save_patience)
-                raise
-            if token.refresh_token is None and old_refresh is not None:
-                token = token.with_refresh_token(old_refresh)  # RFC 6749 §6: keep the old one
-            if flight.fenced and stored is None:
-                saved = True  # removed meanwhile: never bring the credential back
-            else:
-                saved = await self._saver.save(key, token, stored)
-            if not flight.fenced:
-                self._rejected.pop(key, None)
-                self._remember(key, self._entry(token, issued_mono, issued_wall))
-            if not saved:
-                # The server rotated but the store refused the new refresh token. Callers get
-                # the token now; this task keeps the lock (so that no other process refreshes
-                # with the dead refresh token) and keeps trying to write it for a while.
-                self._land(key, flight)  # later callers start anew, behind this lock
-                flight.succeed(token)
-                await self._saver.keep_trying(key, patience=self._save_patience)
-        logger.info(
-            "credential %r refreshed: access token %s, expires in %.0f s, refresh token %s",
-            key,
-            mask(token.access_token),
-            token.expires_at - self._wall(),
-            "rotated" if token.refresh_token != old_refresh else "kept",
-        )
-        return token
-
-    async def _salvage(
-        self, key: str, error: MalformedResponseError, stored: Token | None, provider: Provider
-    ) -> bool:
-        """An unusable answer may still carry the rotated refresh token: keep it.
-
-        Returns:
-            ``False`` if that refresh token is kept unsaved (the store refused it).
-        """
-        refresh_token = error.refresh_token
-        old = stored.refresh_token if stored is not None else None
-        if not refresh_token or refresh_token == old:
-            return True
-        seed = Token(
-            access_token="", expires_at=0.0, refresh_token=refresh_token, provider=provider.name
-        )
-        saved = await self._saver.save(key, seed, stored)
-        if saved:
-            logger.warning(
-                "credential %r: the token answer was unusable (%s), but its new refresh token "
-                "was saved",
-                key,
-                error.reason,
-            )
-        return saved
-
     # ------------------------------------------------------------------ helpers
-
-    def _usable(
-        self, key: str, stored: Token | None, flight: Flight, *, need_fresh: bool
-    ) -> Token | None:
-        """Cache and return ``stored`` if it is a valid token nobody rejected.
-
-        A background refresh (of a stale token) wants a fresh one; a waiting caller takes any
-        token that is not expired.
-        """
-        if stored is None or not stored.access_token:
-            return None
-        if self._rejected.get(key) == stored.access_token:
-            return None
-        now_wall = self._wall()
-        now_mono = self._monotonic()
-        entry = self._entry(stored, now_mono, now_wall)
-        if now_mono >= (entry.stale_at if need_fresh else entry.expired_at):
-            return None
-        if not flight.fenced:
-            self._remember(key, entry)
-        return stored
 
     def _remember(self, key: str, entry: Entry) -> None:
         """Cache ``entry``; while it is fresh, serve it from the hot path's dict."""
@@ -736,3 +633,51 @@ class TokenManager:
     def _check_open(self) -> None:
         if self._closed:
             raise TokenError("the TokenManager is closed")
+
+
+class _Outlet:
+    """Where one refresh of ``key`` delivers: the manager's cache and ``flight``'s callers."""
+
+    __slots__ = ("_flight", "_key", "_manager")
+
+    def __init__(self, manager: TokenManager, key: str, flight: Flight) -> None:
+        self._manager = manager
+        self._key = key
+        self._flight = flight
+
+    @property
+    def fenced(self) -> bool:
+        return self._flight.fenced
+
+    def pick_up(self, stored: Token | None, *, need_fresh: bool) -> Token | None:
+        """Cache and return ``stored`` if it is a valid token nobody rejected.
+
+        A background refresh (of a stale token) wants a fresh one; a waiting caller takes any
+        token that is not expired.
+        """
+        manager = self._manager
+        if stored is None or not stored.access_token:
+            return None
+        if manager._rejected.get(self._key) == stored.access_token:
+            return None
+        now = manager._monotonic()
+        entry = manager._entry(stored, now, manager._wall())
+        if now >= (entry.stale_at if need_fresh else entry.expired_at):
+            return None
+        if not self._flight.fenced:
+            manager._remember(self._key, entry)
+        return stored
+
+    def publish(self, token: Token, issued_mono: float, issued_wall: float) -> None:
+        if not self._flight.fenced:
+            manager = self._manager
+            manager._rejected.pop(self._key, None)
+            manager._remember(self._key, manager._entry(token, issued_mono, issued_wall))
+
+    def release(self, result: Token | BaseException) -> None:
+        # Later callers start anew (behind the lock this refresh still holds).
+        self._manager._land(self._key, self._flight)
+        if isinstance(result, Token):
+            self._flight.succeed(result)
+        else:
+            self._flight.fail(result)

@@ -1,0 +1,275 @@
+"""The refresh protocol: how one credential is renewed, step by step.
+
+:meth:`Refresher.run` is the whole protocol, in the order it happens:
+
+1. **Pick up.** One store read: a valid token that another process stored (or that was stored
+   before a restart) ends the refresh without a request.
+2. **Lock.** The store's per-credential lock, which spans processes and hosts: among everyone
+   sharing the store, one holder at a time gets to use the refresh token.
+3. **Re-read.** Under the lock: first write a rotated refresh token this process could not save
+   earlier, then pick up again (the previous holder may have just refreshed).
+4. **Request.** One token request, retried with backoff on transient failures within one
+   deadline; when the server declares the refresh token dead and the provider has a password or
+   client-credentials grant, that grant once.
+5. **Save.** The rotated refresh token reaches the store (compare-and-swap on the refresh token
+   the refresh started from) before anyone sees the new access token. An unusable answer still
+   has its new refresh token saved.
+6. **Publish.** The manager caches the token and hands it to every waiting caller.
+
+If the store refuses the save, callers get the token at once and the protocol keeps the lock while
+it keeps trying to write it (``save_patience``), so that no other process refreshes with the dead
+refresh token meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import aiohttp
+
+from ._clock import Clock
+from ._errors import InvalidGrantError, MalformedResponseError, TokenError, TransientError
+from ._policy import RetryPolicy
+from ._saving import RotationSaver
+from ._secrets import mask
+from ._token import Token
+from .providers._base import Provider
+from .stores._base import TokenStore
+
+__all__ = ["Outlet", "Refresher"]
+
+logger = logging.getLogger("asynctoken")
+
+
+class Outlet(Protocol):
+    """Where one refresh delivers: the manager's cache and the callers waiting for it."""
+
+    @property
+    def fenced(self) -> bool:
+        """The credential was removed or replaced meanwhile: cache nothing, create nothing."""
+        ...
+
+    def pick_up(self, stored: Token | None, *, need_fresh: bool) -> Token | None:
+        """``stored`` if it can be served (and cache it), else ``None``."""
+        ...
+
+    def publish(self, token: Token, issued_mono: float, issued_wall: float) -> None:
+        """Cache a token just obtained from the token endpoint."""
+        ...
+
+    def release(self, result: Token | BaseException) -> None:
+        """Settle the waiting callers now, while the refresh goes on holding the lock."""
+        ...
+
+
+class Refresher:
+    """Runs the refresh protocol for any credential of one store.
+
+    Args:
+        store: the credentials' store (lock, compare-and-swap).
+        saver: writes rotated tokens, keeps the ones a failing store refused.
+        session: returns the aiohttp session token requests are sent with.
+        retry: retries of transient failures.
+        clock: time source.
+        lock_timeout: seconds to wait for the store's lock.
+        save_patience: seconds to keep trying a refused save while holding the lock.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_lock_timeout",
+        "_retry",
+        "_save_patience",
+        "_saver",
+        "_session",
+        "_store",
+    )
+
+    def __init__(
+        self,
+        store: TokenStore,
+        saver: RotationSaver,
+        *,
+        session: Callable[[], aiohttp.ClientSession],
+        retry: RetryPolicy,
+        clock: Clock,
+        lock_timeout: float,
+        save_patience: float,
+    ) -> None:
+        self._store = store
+        self._saver = saver
+        self._session = session
+        self._retry = retry
+        self._clock = clock
+        self._lock_timeout = lock_timeout
+        self._save_patience = save_patience
+
+    async def run(
+        self, key: str, provider: Provider, outlet: Outlet, *, force: bool, background: bool
+    ) -> Token:
+        """Renew ``key``'s token, or pick up one renewed elsewhere; return it.
+
+        Args:
+            key: the credential.
+            provider: its token endpoint.
+            outlet: where the token goes.
+            force: request a new token even if the stored one is valid.
+            background: a stale token is still being served; a picked-up token must be fresh.
+
+        Raises:
+            TokenError: any failure, with ``key`` set.
+        """
+        try:
+            return await self._run(key, provider, outlet, force=force, background=background)
+        except TokenError as exc:
+            if exc.key is None:
+                exc.key = key
+            raise
+
+    async def _run(
+        self, key: str, provider: Provider, outlet: Outlet, *, force: bool, background: bool
+    ) -> Token:
+        store = self._store
+        # 1. Pick up: a cold cache or another process may already have a good token.
+        if not force:
+            token = outlet.pick_up(await store.get(key), need_fresh=background)
+            if token is not None:
+                return token
+        # 2. Lock.
+        async with store.lock(key, timeout=self._lock_timeout):
+            # 3. Re-read, after writing what an earlier save left unsaved.
+            stored = await self._saver.resume(key, await store.get(key))
+            if not force:
+                token = outlet.pick_up(stored, need_fresh=background)
+                if token is not None:
+                    logger.debug("credential %r: picked up a token refreshed elsewhere", key)
+                    return token
+            old_refresh = stored.refresh_token if stored is not None else None
+            # 4. Request.
+            try:
+                token, issued_mono, issued_wall = await self._request(key, provider, old_refresh)
+            except MalformedResponseError as exc:
+                # 5'. Save what an unusable answer carried: the server has probably rotated.
+                if not await self._salvage(key, exc, stored, provider):
+                    outlet.release(exc)
+                    await self._saver.keep_trying(key, patience=self._save_patience)
+                raise
+            if token.refresh_token is None and old_refresh is not None:
+                token = token.with_refresh_token(old_refresh)  # RFC 6749 §6: keep the old one
+            # 5. Save, before anyone sees the token.
+            if outlet.fenced and stored is None:
+                saved = True  # removed meanwhile: never bring the credential back
+            else:
+                saved = await self._saver.save(key, token, stored)
+            # 6. Publish.
+            outlet.publish(token, issued_mono, issued_wall)
+            if not saved:
+                # The server rotated but the store refused the new refresh token. Callers get
+                # the token now; the lock stays held (no other process may refresh with the dead
+                # refresh token) while the save is retried.
+                outlet.release(token)
+                await self._saver.keep_trying(key, patience=self._save_patience)
+        logger.info(
+            "credential %r refreshed: access token %s, expires in %.0f s, refresh token %s",
+            key,
+            mask(token.access_token),
+            token.expires_at - self._clock.time(),
+            "rotated" if token.refresh_token != old_refresh else "kept",
+        )
+        return token
+
+    async def _request(
+        self, key: str, provider: Provider, refresh_token: str | None
+    ) -> tuple[Token, float, float]:
+        """Step 4: the refresh-token grant, or the provider's primary grant as a fallback.
+
+        Returns:
+            The token, and the monotonic and wall-clock times at which its request was sent.
+        """
+        if refresh_token is None and not provider.can_reauthenticate:
+            raise InvalidGrantError(
+                "no refresh token is stored for this credential and no password grant is "
+                "configured: re-authorize and seed it with add(key, provider, refresh_token=...)",
+                key=key,
+            )
+        # One deadline for everything, the password fallback included: the lock is held
+        # meanwhile. Measured on the loop's clock, like the sleeps it bounds.
+        started = asyncio.get_running_loop().time()
+        try:
+            return await self._with_retries(key, provider, refresh_token, started)
+        except InvalidGrantError:
+            if refresh_token is None or not provider.can_reauthenticate:
+                raise
+            logger.warning(
+                "credential %r: refresh token %s rejected; requesting a new one with the "
+                "configured password grant",
+                key,
+                mask(refresh_token),
+            )
+            return await self._with_retries(key, provider, None, started)
+
+    async def _with_retries(
+        self, key: str, provider: Provider, refresh_token: str | None, started: float
+    ) -> tuple[Token, float, float]:
+        loop = asyncio.get_running_loop()
+        policy = self._retry
+        session = self._session()
+        attempt = 0
+        while True:
+            attempt += 1
+            issued_wall = self._clock.time()
+            issued_mono = self._clock.monotonic()
+            try:
+                token = await provider.fetch_token(
+                    session, refresh_token=refresh_token, issued_at=issued_wall
+                )
+                return token, issued_mono, issued_wall
+            except TransientError as exc:
+                delay = policy.delay(attempt, exc.retry_after)
+                elapsed = loop.time() - started
+                if attempt >= policy.attempts or elapsed + delay > policy.deadline:
+                    raise TransientError(
+                        f"token endpoint still failing after {attempt} attempt(s) in "
+                        f"{elapsed:.1f} s: {exc.message}",
+                        status=exc.status,
+                        retry_after=exc.retry_after,
+                        attempts=attempt,
+                        key=key,
+                    ) from exc
+                logger.warning(
+                    "credential %r: %s; retry %d in %.2f s",
+                    key,
+                    exc.message,
+                    attempt,
+                    delay,
+                    extra={"asynctoken_retry_delay": delay},
+                )
+                await asyncio.sleep(delay)
+
+    async def _salvage(
+        self, key: str, error: MalformedResponseError, stored: Token | None, provider: Provider
+    ) -> bool:
+        """Step 5 for an unusable answer: keep the new refresh token it carried.
+
+        Returns:
+            ``False`` if that refresh token is kept unsaved (the store refused it).
+        """
+        refresh_token = error.refresh_token
+        old = stored.refresh_token if stored is not None else None
+        if not refresh_token or refresh_token == old:
+            return True
+        seed = Token(
+            access_token="", expires_at=0.0, refresh_token=refresh_token, provider=provider.name
+        )
+        saved = await self._saver.save(key, seed, stored)
+        if saved:
+            logger.warning(
+                "credential %r: the token answer was unusable (%s), but its new refresh token "
+                "was saved",
+                key,
+                error.reason,
+            )
+        return saved
