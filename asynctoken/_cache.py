@@ -13,7 +13,7 @@ __all__ = ["Entry", "Failure", "Flight", "HotCache"]
 
 
 class Entry:
-    """A cached token with its monotonic deadlines, and the timer that ends its freshness."""
+    """A cached token with its monotonic deadlines, and the timer that drops it at expiry."""
 
     __slots__ = ("expired_at", "stale_at", "timer", "token")
 
@@ -25,14 +25,23 @@ class Entry:
 
 
 class Failure:
-    """The last failed refresh of a key, remembered until ``until`` (monotonic)."""
+    """The last failed refresh of a key, remembered until ``until`` (monotonic).
 
-    __slots__ = ("error", "final", "until")
+    ``refresh_token`` is what the store held when it failed; ``checked`` when the store was
+    last compared with it (a final failure is forgotten as soon as the stored credential
+    changes, e.g. re-seeded by another process).
+    """
 
-    def __init__(self, error: TokenError, until: float, final: bool) -> None:
+    __slots__ = ("checked", "error", "final", "refresh_token", "until")
+
+    def __init__(
+        self, error: TokenError, until: float, final: bool, refresh_token: str | None, now: float
+    ) -> None:
         self.error = error
         self.until = until
         self.final = final
+        self.refresh_token = refresh_token
+        self.checked = now
 
 
 class HotCache(cachetools.LRUCache[str, "Entry"]):
@@ -40,13 +49,18 @@ class HotCache(cachetools.LRUCache[str, "Entry"]):
 
     Every insert and removal is mirrored into plain dicts, which is what the hot path reads:
     cachetools' own ``__getitem__`` costs several Python calls, a dict one C call. ``entries``
-    mirrors the cache; ``fresh`` holds the tokens of entries that are still fresh. The manager's
-    loop timers take a token out of ``fresh`` when it turns stale and out of the cache when it
-    expires, so entries also leave with their token. Eviction only ever costs a store re-read:
-    refresh tokens live in the store, never only here.
+    mirrors the cache; ``fresh`` maps each key to ``(stale_at, token)``, a tuple because indexing
+    one is the cheapest read there is. The manager's loop timers take entries out of the cache
+    when their token expires. Eviction only ever costs a store re-read: refresh tokens live in
+    the store, never only here.
     """
 
-    def __init__(self, maxsize: int, entries: dict[str, Entry], fresh: dict[str, Token]) -> None:
+    def __init__(
+        self,
+        maxsize: int,
+        entries: dict[str, Entry],
+        fresh: dict[str, tuple[float, Token]],
+    ) -> None:
         super().__init__(maxsize)
         self._entries = entries
         self._fresh = fresh
@@ -56,7 +70,7 @@ class HotCache(cachetools.LRUCache[str, "Entry"]):
         super().__setitem__(key, value)
         if old is not None and old is not value:
             _retire(old)
-        self._fresh.pop(key, None)
+        self._fresh[key] = (value.stale_at, value.token)
         self._entries[key] = value
 
     def __delitem__(self, key: str) -> None:
@@ -89,11 +103,12 @@ class Flight:
     callers resume in the very next loop iteration.
     """
 
-    __slots__ = ("error", "fenced", "result", "settled", "task", "waiters")
+    __slots__ = ("error", "fenced", "refresh_token", "result", "settled", "task", "waiters")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
         self.fenced = False  # the credential was replaced or removed meanwhile: cache nothing
+        self.refresh_token: str | None = None  # what the store held when the refresh last looked
         self.waiters: list[asyncio.Future[Token]] = []
         self.settled = False
         self.result: Token | None = None

@@ -54,6 +54,13 @@ class TokenError(Exception):
             return f"[{self.key}] {self.message}"
         return self.message
 
+    def __copy__(self) -> TokenError:
+        # BaseException's own copy calls __init__ with args only; keyword-only fields would be
+        # missing. Same class, same args and attributes, no traceback.
+        clone = type(self).__new__(type(self), *self.args)
+        clone.__dict__.update(self.__dict__)
+        return clone
+
 
 class ConfigurationError(TokenError, ValueError):
     """An argument is invalid, e.g. a plain ``http://`` token URL to a non-loopback host."""

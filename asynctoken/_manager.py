@@ -36,11 +36,12 @@ from ._clock import Clock, SystemClock
 from ._errors import (
     ConfigurationError,
     CredentialNotFoundError,
+    MalformedResponseError,
     TokenEndpointError,
     TokenError,
     TransientError,
 )
-from ._policy import Margins, RetryPolicy
+from ._policy import Margins, RetryPolicy, check_seconds
 from ._refresh import Refresher
 from ._saving import RotationSaver
 from ._secrets import mask
@@ -58,6 +59,10 @@ logger = logging.getLogger("asynctoken")
 
 ProviderFactory = Callable[[str], "Provider | Awaitable[Provider | None] | None"]
 """Resolves the provider for a key that was not registered with :meth:`TokenManager.add`."""
+
+
+#: During a cooldown, how often the store is re-read to see whether the credential changed.
+_RECHECK_INTERVAL = 1.0
 
 
 def _failure_ttu(_key: str, failure: Failure, _now: float) -> float:
@@ -119,10 +124,10 @@ class TokenManager:
         "_closed",
         "_closing",
         "_cooldown",
+        "_drop_timers",
         "_factory",
         "_failures",
         "_fresh",
-        "_fresh_timers",
         "_hot",
         "_inflight",
         "_invalidate_interval",
@@ -159,16 +164,22 @@ class TokenManager:
         invalidate_interval: float = 5.0,
         close_timeout: float = 10.0,
         save_patience: float = 30.0,
+        min_refresh_interval: float = 1.0,
         clock: Clock | None = None,
     ) -> None:
-        if cache_size < 1:
-            raise ConfigurationError("cache_size must be >= 1")
-        if lock_timeout <= 0 or close_timeout < 0 or save_patience < 0:
-            raise ConfigurationError(
-                "lock_timeout must be > 0, close_timeout and save_patience >= 0"
-            )
-        if error_cooldown < 0 or background_retry_interval < 0 or invalidate_interval < 0:
-            raise ConfigurationError("cooldowns must be >= 0")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
+            raise ConfigurationError("cache_size must be an integer >= 1")
+        lock_timeout = check_seconds("TokenManager", "lock_timeout", lock_timeout, positive=True)
+        seconds = {
+            "error_cooldown": error_cooldown,
+            "background_retry_interval": background_retry_interval,
+            "invalidate_interval": invalidate_interval,
+            "close_timeout": close_timeout,
+            "save_patience": save_patience,
+            "min_refresh_interval": min_refresh_interval,
+        }
+        for name, value in seconds.items():
+            check_seconds("TokenManager", name, value)
         if store is not None and not isinstance(store, TokenStore):
             raise ConfigurationError(f"store must implement TokenStore, got {type(store).__name__}")
         self._store: TokenStore = store if store is not None else MemoryStore()
@@ -185,12 +196,11 @@ class TokenManager:
         self._monotonic = self._clock.monotonic
         self._wall = self._clock.time
         self._hot: dict[str, Entry] = {}
-        self._fresh: dict[str, Token] = {}
+        self._fresh: dict[str, tuple[float, Token]] = {}
         self._cache = HotCache(cache_size, self._hot, self._fresh)
-        # With the system clock, loop timers end freshness (the hot path reads no clock) and
-        # drop expired entries; an injected clock is read on the slow path instead (the loop
-        # cannot follow a fake clock), and expired entries leave when replaced or evicted.
-        self._fresh_timers = isinstance(self._clock, SystemClock)
+        # With the system clock, a loop timer drops each entry when its token expires; with an
+        # injected clock (which the loop cannot follow) entries leave when replaced or evicted.
+        self._drop_timers = isinstance(self._clock, SystemClock)
         self._providers: dict[str, Provider] = {}
         self._resolved: cachetools.LRUCache[str, Provider] = cachetools.LRUCache(cache_size)
         self._provider_types: set[type] = set()
@@ -208,6 +218,7 @@ class TokenManager:
             clock=self._clock,
             lock_timeout=lock_timeout,
             save_patience=save_patience,
+            min_interval=min_refresh_interval,
         )
         self._invalidate_interval = invalidate_interval
         self._invalidated: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
@@ -224,7 +235,8 @@ class TokenManager:
 
         A fresh cached token comes back at once. A stale one also comes back at once, and one
         background refresh starts. Only a missing or expired token makes the caller wait, for the
-        one refresh shared by every caller of that key.
+        one refresh shared by every caller of that key. A token is never handed out within the
+        expiry margin of its expiry (see :class:`Margins`), even after the event loop stalled.
 
         Raises:
             CredentialNotFoundError: no provider for ``key``.
@@ -235,9 +247,9 @@ class TokenManager:
             MalformedResponseError: the endpoint answered with something that is not a token.
             StoreError: the store failed.
         """
-        token = self._fresh.get(key)
-        if token is not None:
-            return token
+        hit = self._fresh.get(key)
+        if hit is not None and self._monotonic() < hit[0]:
+            return hit[1]
         return await self._get_slow(key)
 
     async def add(
@@ -330,6 +342,48 @@ class TokenManager:
             self._invalidated[key] = True
         logger.info("credential %r: access token %s invalidated", key, mask(token.access_token))
         return True
+
+    async def token_rejected(self, key: str, token: Token) -> Token | None:
+        """An API rejected ``token`` (HTTP 401): return the token to retry with, or ``None``.
+
+        This is the call to build your own retry on; the aiohttp middleware and the httpx and
+        requests adapters use it. It drops ``token`` if it is still ``key``'s current token (as
+        :meth:`invalidate` does) and gets the next one, so any number of requests rejected
+        together cause one refresh. A token obtained meanwhile by another request comes back
+        at once. ``None`` means a retry would not help: the rejection came within
+        ``invalidate_interval`` of a refresh already caused by one (the API refuses this
+        credential for another reason), or the token endpoint answered with the same token.
+
+        Example::
+
+            response = await call_api(token)
+            if response.status == 401:
+                retry_with = await tm.token_rejected("keliweb", token)
+                if retry_with is not None:
+                    response = await call_api(retry_with)
+
+        Returns:
+            The token to retry with, or ``None`` when retrying would not help.
+
+        Raises:
+            TokenError: as :meth:`get_token`, when no token could be had.
+        """
+        await self.invalidate(key, token)
+        current = await self.get_token(key)
+        if current.access_token == token.access_token:
+            return None
+        return current
+
+    def _peek_fresh(self, key: str) -> Token | None:
+        """The fresh cached token of ``key``, or ``None``: the hot path without an await.
+
+        Safe to call from any thread (one dict read and one clock read); used by the sync
+        facade to serve fresh tokens without a round trip through the loop thread.
+        """
+        hit = self._fresh.get(key)
+        if hit is not None and self._monotonic() < hit[0]:
+            return hit[1]
+        return None
 
     async def refresh(self, key: str) -> Token:
         """Refresh ``key`` now, whatever the state of its current token, and return the result.
@@ -433,12 +487,7 @@ class TokenManager:
         entry = self._hot.get(key)
         now = self._monotonic()
         if entry is not None and now < entry.stale_at:
-            # Fresh: an injected clock, or the freshness timer fired a little early.
-            if self._fresh_timers and key not in self._fresh:
-                if entry.timer is not None:
-                    entry.timer.cancel()
-                self._remember(key, entry)
-            return entry.token
+            return entry.token  # turned fresh between the hot path's clock read and this one
         if entry is not None and now < entry.expired_at:
             # Stale: serve it, refresh in the background once.
             # (A failure in its backoff holds the next attempt; expired ones leave on their own.)
@@ -448,17 +497,43 @@ class TokenManager:
         flight = self._inflight.get(key)
         if flight is None:
             failure = self._failures.get(key)  # None once its cooldown ended
-            if failure is not None and failure.final:
+            if failure is not None and failure.final and not await self._changed(key, failure):
                 # Fail fast without hammering the server; a copy keeps tracebacks from piling up.
                 error = copy.copy(failure.error)
                 error.__traceback__ = None
                 raise error
-            flight = self._start(key, force=False, background=False)
+            flight = self._inflight.get(key) or self._start(key, force=False, background=False)
         return await flight.join()
+
+    async def _changed(self, key: str, failure: Failure) -> bool:
+        """Whether the stored credential changed since ``failure`` (then it is forgotten).
+
+        Another process, or ``asynctoken add --overwrite``, may have re-seeded it: one store
+        read, at most once per second per key, tells.
+        """
+        now = self._monotonic()
+        if now - failure.checked < _RECHECK_INTERVAL:
+            return False
+        failure.checked = now
+        try:
+            stored = await self._store.get(key)
+        except TokenError as exc:
+            logger.debug(
+                "credential %r: could not re-read the store during a cooldown: %s", key, exc
+            )
+            return False
+        if (stored.refresh_token if stored is not None else None) == failure.refresh_token:
+            return False
+        logger.info("credential %r changed in the store; its cooldown ends", key)
+        if self._failures.get(key) is failure:
+            del self._failures[key]
+        return True
 
     def _start(self, key: str, *, force: bool, background: bool) -> Flight:
         flight = Flight()
-        coro = self._run(key, flight, force=force, background=background)
+        # An invalidated token is replaced at once, whatever the minimum refresh interval.
+        hurry = force or key in self._rejected
+        coro = self._run(key, flight, force=force, background=background, hurry=hurry)
         name = f"asynctoken-refresh:{key}"
         loop = asyncio.get_running_loop()
         if sys.version_info >= (3, 12):
@@ -475,18 +550,20 @@ class TokenManager:
             self._inflight[key] = flight
         return flight
 
-    async def _run(self, key: str, flight: Flight, *, force: bool, background: bool) -> None:
+    async def _run(
+        self, key: str, flight: Flight, *, force: bool, background: bool, hurry: bool
+    ) -> None:
         """The refresh task: refresh, then settle every caller in this same step."""
         try:
             provider = await self._provider_for(key)
             outlet = _Outlet(self, key, flight)
             token = await self._refresher.run(
-                key, provider, outlet, force=force, background=background
+                key, provider, outlet, force=force, background=background, hurry=hurry
             )
         except Exception as exc:
             self._land(key, flight)
             if not flight.fenced:
-                self._record_failure(key, exc, background)
+                self._record_failure(key, exc, background, flight.refresh_token)
             flight.fail(exc)
             return  # every caller gets it through its own future; nobody awaits the task
         except BaseException as exc:  # cancelled by aclose(), or the process is going down
@@ -512,20 +589,25 @@ class TokenManager:
         if self._inflight.get(key) is flight:
             del self._inflight[key]
 
-    def _record_failure(self, key: str, error: Exception, background: bool) -> None:
+    def _record_failure(
+        self, key: str, error: Exception, background: bool, refresh_token: str | None
+    ) -> None:
         if isinstance(error, CredentialNotFoundError):
             logger.debug("credential %r: %s", key, error.message)
             return  # nothing was requested; resolving again costs nothing
         now = self._monotonic()
-        if isinstance(error, TokenEndpointError):
-            self._remember_failure(key, Failure(error, now + self._cooldown, final=True))
+        if isinstance(error, (TokenEndpointError, MalformedResponseError)):
+            # Final, and so is an unusable answer: a server that always sends one must not be
+            # asked by every caller.
+            failure = Failure(error, now + self._cooldown, True, refresh_token, now)
+            self._remember_failure(key, failure)
             logger.error("credential %r: refresh failed: %s", key, error)
         elif isinstance(error, TokenError):
             # The next background attempt waits, at least as long as the server asked.
             pause = self._background_retry
             if isinstance(error, TransientError) and error.retry_after is not None:
                 pause = max(pause, min(error.retry_after, self._retry.max_retry_after))
-            self._remember_failure(key, Failure(error, now + pause, final=False))
+            self._remember_failure(key, Failure(error, now + pause, False, refresh_token, now))
             if background:
                 logger.warning(
                     "credential %r: background refresh failed, current token still served: %s",
@@ -540,20 +622,9 @@ class TokenManager:
     # ------------------------------------------------------------------ helpers
 
     def _remember(self, key: str, entry: Entry) -> None:
-        """Cache ``entry``; while it is fresh, serve it from the hot path's dict."""
+        """Cache ``entry`` (the hot path serves it while fresh) until its token expires."""
         self._cache[key] = entry
-        if self._fresh_timers and self._hot.get(key) is entry:
-            delay = entry.stale_at - self._monotonic()
-            if delay > 0:
-                loop = asyncio.get_running_loop()
-                entry.timer = loop.call_later(delay, self._demote, key, entry)
-                self._fresh[key] = entry.token
-
-    def _demote(self, key: str, entry: Entry) -> None:
-        """Timer callback: ``entry`` turned stale, the next call takes the slow path."""
-        entry.timer = None
-        if self._hot.get(key) is entry:
-            self._fresh.pop(key, None)
+        if self._drop_timers and self._hot.get(key) is entry:
             delay = max(0.0, entry.expired_at - self._monotonic())
             entry.timer = asyncio.get_running_loop().call_later(delay, self._drop, key, entry)
 
@@ -673,6 +744,9 @@ class _Outlet:
             manager = self._manager
             manager._rejected.pop(self._key, None)
             manager._remember(self._key, manager._entry(token, issued_mono, issued_wall))
+
+    def holds(self, refresh_token: str | None) -> None:
+        self._flight.refresh_token = refresh_token
 
     def release(self, result: Token | BaseException) -> None:
         # Later callers start anew (behind the lock this refresh still holds).

@@ -7,13 +7,16 @@
 2. **Lock.** The store's per-credential lock, which spans processes and hosts: among everyone
    sharing the store, one holder at a time gets to use the refresh token.
 3. **Re-read.** Under the lock: first write a rotated refresh token this process could not save
-   earlier, then pick up again (the previous holder may have just refreshed).
+   earlier, then pick up again (the previous holder may have just refreshed). A credential
+   refreshed less than ``min_interval`` ago is not refreshed again before that (unless forced),
+   whatever its answer said: a lifetime of zero must not turn into a request per call.
 4. **Request.** One token request, retried with backoff on transient failures within one
    deadline; when the server declares the refresh token dead and the provider has a password or
    client-credentials grant, that grant once.
 5. **Save.** The rotated refresh token reaches the store (compare-and-swap on the refresh token
    the refresh started from) before anyone sees the new access token. An unusable answer still
-   has its new refresh token saved.
+   has its new refresh token saved, and so has a token that expired before its answer arrived
+   (which is then refused).
 6. **Publish.** The manager caches the token and hands it to every waiting caller.
 
 If the store refuses the save, callers get the token at once and the protocol keeps the lock while
@@ -60,6 +63,10 @@ class Outlet(Protocol):
         """Cache a token just obtained from the token endpoint."""
         ...
 
+    def holds(self, refresh_token: str | None) -> None:
+        """Note the refresh token the store holds (compared later, to end a cooldown early)."""
+        ...
+
     def release(self, result: Token | BaseException) -> None:
         """Settle the waiting callers now, while the refresh goes on holding the lock."""
         ...
@@ -76,11 +83,13 @@ class Refresher:
         clock: time source.
         lock_timeout: seconds to wait for the store's lock.
         save_patience: seconds to keep trying a refused save while holding the lock.
+        min_interval: seconds a credential must have been issued before an unforced refresh.
     """
 
     __slots__ = (
         "_clock",
         "_lock_timeout",
+        "_min_interval",
         "_retry",
         "_save_patience",
         "_saver",
@@ -98,6 +107,7 @@ class Refresher:
         clock: Clock,
         lock_timeout: float,
         save_patience: float,
+        min_interval: float,
     ) -> None:
         self._store = store
         self._saver = saver
@@ -106,9 +116,17 @@ class Refresher:
         self._clock = clock
         self._lock_timeout = lock_timeout
         self._save_patience = save_patience
+        self._min_interval = min_interval
 
     async def run(
-        self, key: str, provider: Provider, outlet: Outlet, *, force: bool, background: bool
+        self,
+        key: str,
+        provider: Provider,
+        outlet: Outlet,
+        *,
+        force: bool,
+        background: bool,
+        hurry: bool,
     ) -> Token:
         """Renew ``key``'s token, or pick up one renewed elsewhere; return it.
 
@@ -118,19 +136,29 @@ class Refresher:
             outlet: where the token goes.
             force: request a new token even if the stored one is valid.
             background: a stale token is still being served; a picked-up token must be fresh.
+            hurry: skip the minimum refresh interval (forced, or the token was rejected).
 
         Raises:
             TokenError: any failure, with ``key`` set.
         """
         try:
-            return await self._run(key, provider, outlet, force=force, background=background)
+            return await self._run(
+                key, provider, outlet, force=force, background=background, hurry=hurry
+            )
         except TokenError as exc:
             if exc.key is None:
                 exc.key = key
             raise
 
     async def _run(
-        self, key: str, provider: Provider, outlet: Outlet, *, force: bool, background: bool
+        self,
+        key: str,
+        provider: Provider,
+        outlet: Outlet,
+        *,
+        force: bool,
+        background: bool,
+        hurry: bool,
     ) -> Token:
         store = self._store
         # 1. Pick up: a cold cache or another process may already have a good token.
@@ -148,12 +176,18 @@ class Refresher:
                     logger.debug("credential %r: picked up a token refreshed elsewhere", key)
                     return token
             old_refresh = stored.refresh_token if stored is not None else None
+            outlet.holds(old_refresh)
+            if not hurry:
+                await self._pace(key, stored)
             # 4. Request.
             try:
                 token, issued_mono, issued_wall = await self._request(key, provider, old_refresh)
             except MalformedResponseError as exc:
                 # 5'. Save what an unusable answer carried: the server has probably rotated.
-                if not await self._salvage(key, exc, stored, provider):
+                saved = await self._salvage(key, exc, stored, provider)
+                if saved and exc.refresh_token:
+                    outlet.holds(exc.refresh_token)
+                if not saved:
                     outlet.release(exc)
                     await self._saver.keep_trying(key, patience=self._save_patience)
                 raise
@@ -164,6 +198,18 @@ class Refresher:
                 saved = True  # removed meanwhile: never bring the credential back
             else:
                 saved = await self._saver.save(key, token, stored)
+            if self._clock.time() >= token.expires_at:
+                outlet.holds(token.refresh_token)
+                error = MalformedResponseError(
+                    f"{provider.name} token endpoint issued a token that expired before its "
+                    f"answer arrived (lifetime {token.expires_at - issued_wall:g} s)",
+                    reason="token expired on arrival",
+                    key=key,
+                )
+                if not saved:
+                    outlet.release(error)
+                    await self._saver.keep_trying(key, patience=self._save_patience)
+                raise error
             # 6. Publish.
             outlet.publish(token, issued_mono, issued_wall)
             if not saved:
@@ -180,6 +226,20 @@ class Refresher:
             "rotated" if token.refresh_token != old_refresh else "kept",
         )
         return token
+
+    async def _pace(self, key: str, stored: Token | None) -> None:
+        """Wait until ``stored`` was issued ``min_interval`` ago (the lock is held meanwhile)."""
+        if stored is None or stored.issued_at is None:
+            return
+        wait = stored.issued_at + self._min_interval - self._clock.time()
+        if wait > 0:
+            logger.info(
+                "credential %r: refreshed %.2f s ago and unusable already; next request in %.2f s",
+                key,
+                self._min_interval - wait,
+                wait,
+            )
+            await asyncio.sleep(min(wait, self._min_interval))
 
     async def _request(
         self, key: str, provider: Provider, refresh_token: str | None

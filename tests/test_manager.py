@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -155,13 +156,32 @@ async def test_stale_token_served_at_once_with_one_background_refresh(
 
 
 @pytest.mark.parametrize(
-    ("lifetime", "age", "fresh"),
-    [(3.0, 2.0, True), (3.0, 2.5, False), (3600.0, 3200.0, True), (3600.0, 3400.0, False)],
+    ("lifetime", "stale_before", "expired_before"),
+    [
+        (3600.0, 300.0, 30.0),  # the configured margins
+        (60.0, 15.0, 3.0),  # capped at 25 % and 5 % of the lifetime
+        (8.0, 3.6, 2.0),  # expiry floored at 1 s whole-second expiry + 1 s in flight
+        (3.0, 2.1, 1.5),  # too short for the floor: half its life; the stale window keeps 0.6 s
+    ],
 )
-def test_margins_scale_with_lifetime(lifetime: float, age: float, fresh: bool) -> None:
-    stale_before, expired_before = Margins().offsets(lifetime)
-    assert (age < lifetime - stale_before) is fresh
-    assert expired_before <= stale_before < lifetime
+def test_margins_scale_with_lifetime(
+    lifetime: float, stale_before: float, expired_before: float
+) -> None:
+    assert Margins().offsets(lifetime) == pytest.approx((stale_before, expired_before))
+
+
+def test_in_flight_allowance_raises_the_expiry_floor() -> None:
+    stale, expired = Margins(in_flight=4.0).offsets(60.0)
+    assert expired == 5.0  # 1 s whole-second expiry + 4 s in flight
+    assert stale == pytest.approx(17.0)  # the 12 s stale window is kept
+
+
+@pytest.mark.parametrize("name", ["refresh", "expiry", "in_flight"])
+def test_margins_refuse_nan(name: str) -> None:
+    from asynctoken import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=name):
+        Margins(**{name: float("nan")})
 
 
 async def test_three_second_token_is_not_refreshed_on_every_call(
@@ -172,10 +192,10 @@ async def test_three_second_token_is_not_refreshed_on_every_call(
     async with TokenManager(clock=clock, retry=FAST_RETRY) as tm:
         await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
         await tm.get_token("k")
-        for _ in range(20):
+        for _ in range(30):  # three lifetimes
             clock.advance(0.1)
             await tm.get_token("k")
-    assert server.token_requests == 1
+    assert server.token_requests <= 4
 
 
 async def test_failed_background_refresh_is_not_raised_while_token_valid(
@@ -530,15 +550,24 @@ async def test_retry_deadline_bounds_the_wait(server: FakeOAuthServer) -> None:
 @pytest.mark.parametrize(
     "kind", ["html", "invalid_json", "missing_access_token", "bad_expires_in", "oversized"]
 )
-async def test_malformed_answers_are_typed_and_nothing_stays_stuck(
-    server: FakeOAuthServer, manager: TokenManager, kind: Any
+async def test_malformed_answers_are_typed_cool_down_and_nothing_stays_stuck(
+    server: FakeOAuthServer, kind: Any
 ) -> None:
-    server.malform_next(kind)
-    with pytest.raises(MalformedResponseError) as info:
-        await manager.get_token("k")
-    assert info.value.reason
-    # The refresh token was not consumed; the next call refreshes normally.
-    token = await manager.get_token("k")
+    clock = FakeClock()
+    async with TokenManager(clock=clock, retry=FAST_RETRY, error_cooldown=30) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        server.malform_next(kind)
+        with pytest.raises(MalformedResponseError) as info:
+            await tm.get_token("k")
+        assert info.value.reason
+        # A server that keeps answering like this is not asked by every caller.
+        for _ in range(5):
+            with pytest.raises(MalformedResponseError):
+                await tm.get_token("k")
+        assert server.token_requests == 1
+        # The refresh token was not consumed; after the cooldown the next call refreshes.
+        clock.advance(30)
+        token = await tm.get_token("k")
     assert server.is_valid_access_token(token.access_token)
     assert server.token_requests == 2
 
@@ -862,37 +891,34 @@ async def test_store_outage_spares_valid_tokens_and_recovers(server: FakeOAuthSe
     assert server.reuse_detected == 0
 
 
-class DemoteWatcher(TokenManager):
-    """Signals when a freshness timer fires."""
+class DropWatcher(TokenManager):
+    """A manager that signals when its expiry timer drops an entry."""
+
+    __slots__ = ("dropped",)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.demoted = asyncio.Event()
         self.dropped = asyncio.Event()
-
-    def _demote(self, key: str, entry: Any) -> None:
-        super()._demote(key, entry)
-        self.demoted.set()
 
     def _drop(self, key: str, entry: Any) -> None:
         super()._drop(key, entry)
         self.dropped.set()
 
 
-async def test_freshness_ends_with_a_loop_timer_on_the_system_clock(
+async def test_hot_path_serves_a_fresh_token_until_it_turns_stale(
     fake_oauth_server: Any,
 ) -> None:
-    server = await fake_oauth_server("keliweb", expires_in=2)
-    async with DemoteWatcher(retry=FAST_RETRY) as tm:
+    server = await fake_oauth_server("keliweb", expires_in=100)
+    clock = FakeClock()
+    async with TokenManager(clock=clock, retry=FAST_RETRY) as tm:
         await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
         token = await tm.get_token("k")
-        entry = tm._hot["k"]
-        assert entry.timer is not None
-        # Stale after 75 % of the lifetime: the timer is due then, not earlier.
-        assert entry.timer.when() - asyncio.get_running_loop().time() > 1.0
+        clock.advance(74.9)  # fresh for 75 % of the lifetime
         assert run_sync(tm.get_token("k")) is token
-        await asyncio.wait_for(tm.demoted.wait(), 5)
-        # Now stale: the same token at once, and one background refresh.
+        assert tm._peek_fresh("k") is token
+        clock.advance(0.2)
+        assert tm._peek_fresh("k") is None  # stale: the hot path lets go
+        # Stale: the same token at once, and one background refresh.
         server.hold()
         assert run_sync(tm.get_token("k")) is token
         assert run_sync(tm.get_token("k")) is token
@@ -902,8 +928,22 @@ async def test_freshness_ends_with_a_loop_timer_on_the_system_clock(
         await refresh
         new = run_sync(tm.get_token("k"))
         assert new is not token
-        assert tm._hot["k"].timer is not None
         assert run_sync(tm.get_token("k")) is new
+    assert server.token_requests == 2
+
+
+async def test_a_stalled_event_loop_never_gets_an_expired_token(
+    fake_oauth_server: Any,
+) -> None:
+    """A loop blocked past the token's expiry: the first call after it must not get it, even
+    though no loop timer has run since (a hot path without a clock read would hand it out)."""
+    server = await fake_oauth_server("keliweb", expires_in=2)
+    async with TokenManager(retry=FAST_RETRY) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        old = await tm.get_token("k")
+        time.sleep(2.1)  # the stall itself: the loop runs nothing while the token expires
+        new = await tm.get_token("k")
+    assert new.access_token != old.access_token
     assert server.token_requests == 2
 
 
@@ -911,11 +951,10 @@ async def test_an_unused_entry_leaves_the_cache_when_its_token_expires(
     fake_oauth_server: Any,
 ) -> None:
     server = await fake_oauth_server("keliweb", expires_in=1)
-    async with DemoteWatcher(retry=FAST_RETRY) as tm:
+    async with DropWatcher(retry=FAST_RETRY) as tm:
         await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
         await tm.get_token("k")
-        await asyncio.wait_for(tm.demoted.wait(), 5)
-        assert "k" in tm._hot  # stale but still valid: kept
+        assert tm._hot["k"].timer is not None
         await asyncio.wait_for(tm.dropped.wait(), 5)
         assert "k" not in tm._hot
         assert "k" not in tm._fresh

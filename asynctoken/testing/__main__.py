@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--passport-legacy-errors", action="store_true")
     p.add_argument(
+        "--whole-second-expiry",
+        action="store_true",
+        help="access tokens expire at floor(now) + expires-in, as JWT issuers do",
+    )
+    p.add_argument(
         "--user", action="append", default=[], metavar="NAME:PASSWORD", help="repeatable"
     )
     p.add_argument("--delay", type=float, default=0.0, help="latency of every token response")
@@ -65,6 +70,7 @@ def _build(args: argparse.Namespace) -> FakeOAuthServer:
         rotate=args.rotate,
         revoke_family_on_reuse=args.revoke_family_on_reuse,
         passport_legacy_errors=args.passport_legacy_errors,
+        whole_second_expiry=args.whole_second_expiry,
         users=users,
         delay=args.delay,
         host=args.host,

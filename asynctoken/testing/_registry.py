@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import random
 import uuid
 from collections.abc import Callable
@@ -79,12 +80,22 @@ class Registry:
         flavor: decides what tokens look like (``def50200…`` for Passport, JWTs, opaque).
         rng: randomness for token values; seeded for reproducible values.
         now: the server's wall clock (unix epoch seconds).
+        whole_seconds: access tokens expire at ``floor(now) + expires_in``, as with every JWT
+            issuer (``exp`` is in whole seconds), up to 1 s before ``now + expires_in``.
     """
 
-    def __init__(self, flavor: str, rng: random.Random, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        flavor: str,
+        rng: random.Random,
+        now: Callable[[], float],
+        *,
+        whole_seconds: bool = False,
+    ) -> None:
         self._flavor = flavor
         self._rng = rng
         self._now = now
+        self._whole_seconds = whole_seconds
         self._families: list[Family] = []
         self._refresh: dict[str, RefreshToken] = {}
         self._access: dict[str, AccessToken] = {}
@@ -117,7 +128,8 @@ class Registry:
     ) -> AccessToken:
         now = self._now()
         jti = str(uuid.UUID(bytes=self._rng.randbytes(16), version=4))
-        value = self._access_value(jti, client_id, user, now, now + expires_in)
+        expires_at = (math.floor(now) if self._whole_seconds else now) + expires_in
+        value = self._access_value(jti, client_id, user, now, expires_at)
         token = AccessToken(
             value=value,
             family=family,
@@ -125,7 +137,7 @@ class Registry:
             user=user,
             jti=jti,
             issued_at=now,
-            expires_at=now + expires_in,
+            expires_at=expires_at,
         )
         if family is not None:
             family.access_tokens.append(token)

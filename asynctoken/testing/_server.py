@@ -82,6 +82,9 @@ class FakeOAuthServer(FailureInjection, Synchronisation, ProtectedResource):
             and/or ``"body"`` (cookie wins when both are sent).
         cookie_domain: the ``Domain`` of ERPeasy's ``Set-Cookie``.
         passport_legacy_errors: Keliweb answers a dead refresh token like older Passport.
+        whole_second_expiry: access tokens expire at ``floor(now) + expires_in`` while the
+            answer says ``expires_in``, as every JWT issuer does (``exp`` is whole seconds): a
+            token dies up to 1 s before the client expects.
         clock: where token lifetimes are measured (a :class:`~asynctoken.testing.FakeClock`
             makes expiry instant); the real clock by default.
         delay: seconds of latency added to every token response.
@@ -111,6 +114,7 @@ class FakeOAuthServer(FailureInjection, Synchronisation, ProtectedResource):
         erpeasy_refresh_token_in: Collection[str] = ("cookie", "body"),
         cookie_domain: str = "api.erpeasy.compels.net",
         passport_legacy_errors: bool = False,
+        whole_second_expiry: bool = False,
         clock: Clock | None = None,
         delay: float = 0.0,
         host: str = "127.0.0.1",
@@ -148,7 +152,7 @@ class FakeOAuthServer(FailureInjection, Synchronisation, ProtectedResource):
         self.refresh_token_ttl = refresh_token_ttl
         self.delay = delay
         rng = random.Random(seed) if seed is not None else random.SystemRandom()
-        self._registry = Registry(flavor, rng, self._clock.time)
+        self._registry = Registry(flavor, rng, self._clock.time, whole_seconds=whole_second_expiry)
         self._endpoint = TokenEndpoint(self._settings, self._registry)
         # "localhost" may resolve to both 127.0.0.1 and ::1, which with port 0 would get two
         # different ports; bind one address so that the URL is unambiguous.
