@@ -25,6 +25,11 @@ import aiohttp
 from asynctoken import FileStore, KeliwebProvider, Margins, RetryPolicy, TokenManager, TokenStore
 
 
+#: Margins of every worker: whole-second expiry is not an issue against the fake server, so no
+#: in-flight allowance; the tests derive their timing bounds from these.
+MARGINS = Margins(refresh=300, expiry=0.2, refresh_ratio=0.4, expiry_ratio=0.1, in_flight=0.0)
+
+
 def open_store(spec: str) -> TokenStore:
     if spec.startswith("redis://"):
         from asynctoken import RedisStore
@@ -43,7 +48,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     async with TokenManager(
         store=open_store(args.store),
         retry=retry,
-        margins=Margins(refresh=300, expiry=0.2, refresh_ratio=0.4, expiry_ratio=0.1),
+        margins=MARGINS,
         lock_timeout=30.0,
     ) as tm:
         await tm.add("shared", provider)
