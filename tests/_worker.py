@@ -24,7 +24,6 @@ import aiohttp
 
 from asynctoken import FileStore, KeliwebProvider, Margins, RetryPolicy, TokenManager, TokenStore
 
-
 #: Margins of every worker: whole-second expiry is not an issue against the fake server, so no
 #: in-flight allowance; the tests derive their timing bounds from these.
 MARGINS = Margins(refresh=300, expiry=0.2, refresh_ratio=0.4, expiry_ratio=0.1, in_flight=0.0)
