@@ -7,7 +7,7 @@ import logging
 from typing import Final
 
 from ._errors import StoreError
-from ._token import Token
+from ._token import Token, storable
 from .stores._base import TokenStore
 
 __all__ = ["RotationSaver"]
@@ -15,6 +15,22 @@ __all__ = ["RotationSaver"]
 logger = logging.getLogger("asynctoken")
 
 _SAVE_ATTEMPTS: Final = 3
+
+
+def _storable(key: str, token: Token) -> Token:
+    """``token`` as every store can encode it: an odd field never stands between a rotated
+    refresh token and the store (it is a permanent condition, not an outage to wait out)."""
+    clean = storable(token)
+    if clean is not token:
+        logger.warning(
+            "credential %r: fields of Token.extra that no store can encode (%s) were dropped "
+            "or replaced before saving",
+            key,
+            ", ".join(
+                sorted(repr(k)[:40] for k in token.extra if clean.extra.get(k) != token.extra[k])
+            ),
+        )
+    return clean
 
 
 class _Unsaved:
@@ -53,6 +69,7 @@ class RotationSaver:
             ``False`` if the token is kept unsaved, ``True`` otherwise (written, or the store
             holds a credential that replaced ours meanwhile, which is never overwritten).
         """
+        token = _storable(key, token)
         expected = stored.refresh_token if stored is not None else None
         # Kept from the start, so that a cancellation (aclose) in the middle loses nothing.
         pending = _Unsaved(token, expected, stored is not None)

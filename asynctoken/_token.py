@@ -3,14 +3,70 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from ._secrets import mask
 
-__all__ = ["Token"]
+__all__ = ["LONE_SURROGATE", "UNSTORABLE", "Token", "storable", "storable_value"]
+
+#: A UTF-16 surrogate on its own (a server that cut an emoji in half): no UTF-8 encoder takes it.
+LONE_SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
+
+
+class _Unstorable:
+    """Marks a value JSON cannot hold (``NaN``, infinity, an overlong integer)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unstorable value>"
+
+
+UNSTORABLE: Final = _Unstorable()
+
+
+def storable_value(value: Any) -> Any:
+    """``value`` as every store can encode it (strict JSON, UTF-8).
+
+    Non-finite floats and :data:`UNSTORABLE` stay :data:`UNSTORABLE` (the caller drops them),
+    lone surrogates become U+FFFD, containers are cleaned recursively (dropping such members);
+    anything that is not JSON data at all becomes :data:`UNSTORABLE` too.
+    """
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else UNSTORABLE
+    if isinstance(value, str):
+        return LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, (list, tuple)):
+        items = (storable_value(v) for v in value)
+        return [v for v in items if v is not UNSTORABLE]
+    if isinstance(value, Mapping):
+        cleaned: dict[str, Any] = {}
+        for name, item in value.items():
+            clean = storable_value(item)
+            if isinstance(name, str) and clean is not UNSTORABLE:
+                cleaned[storable_value(name)] = clean
+        return cleaned
+    return UNSTORABLE
+
+
+def storable(token: Token) -> Token:
+    """``token``, or a copy whose ``extra`` every store can encode (see :func:`storable_value`).
+
+    The standard fields are not touched: the parser never lets unstorable ones through.
+    """
+    try:
+        json.dumps(token.to_dict(), allow_nan=False, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError):
+        extra = storable_value(dict(token.extra))
+        return dataclasses.replace(token, extra=extra if isinstance(extra, dict) else {})
+    return token
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)

@@ -135,8 +135,8 @@ extra_keys = st.text(min_size=1, max_size=12).filter(lambda k: k not in STANDARD
 @SETTINGS
 @given(
     access_token=token_chars,
-    expires_in=st.integers(min_value=0, max_value=10**9)
-    | st.floats(min_value=0, max_value=1e9, allow_nan=False),
+    expires_in=st.integers(min_value=1, max_value=10**8)
+    | st.floats(min_value=1e-3, max_value=1e8, allow_nan=False),
     refresh_token=st.none() | st.text(min_size=1, max_size=60),
     token_type=st.none() | st.sampled_from(["Bearer", "bearer", "MAC"]),
     scope=st.none() | st.text(min_size=1, max_size=30),

@@ -581,7 +581,11 @@ MALFORMED_CASES = [
      "not JSON (content type text/html)"),
     (b"", "application/json", "invalid JSON"),
     (b'{"access_token": "abc", ', "application/json", "invalid JSON"),
-    (b'{"access_token": "abc", "expires_in": NaN}', "application/json", "invalid JSON"),
+    (
+        b'{"access_token": "abc", "expires_in": NaN}',
+        "application/json",
+        "expires_in is negative or not finite",
+    ),
     (b"\xff\xfe\x00garbage", "application/octet-stream",
      "not JSON (content type application/octet-stream)"),
     (b'["access_token"]', "application/json", "JSON is not an object"),
@@ -611,14 +615,18 @@ MALFORMED_CASES = [
      "expires_in is not a number"),
     (b'{"access_token": "abc", "expires_in": "\\u0663\\u0666"}', "application/json",
      "expires_in is not a number"),
-    (b'{"access_token": "abc", "expires_in": "1e999"}', "application/json",
-     "expires_in is negative or not finite"),
     (b'{"access_token": "abc", "expires_in": 3600, "token_type": "Bearer x"}',
      "application/json", "token_type is not a valid auth scheme"),
     (b'{"access_token": "abc", "expires_in": 3600, "token_type": "Bearer\\r\\nX-Evil: 1"}',
      "application/json", "token_type is not a valid auth scheme"),
-    (b'{"access_token": "abc", "expires_in": 1e999}', "application/json",
+    (b'{"access_token": "abc", "expires_in": -1e999}', "application/json",
      "expires_in is negative or not finite"),
+    (b'{"access_token": "abc", "expires_in": NaN}', "application/json",
+     "expires_in is negative or not finite"),
+    (b'{"access_token": "abc", "expires_in": 0}', "application/json", "expires_in is 0"),
+    (b'{"access_token": "abc", "expires_in": "0"}', "application/json", "expires_in is 0"),
+    (b'{"access_token": "abc", "expires_in": 3600, "refresh_token": "r\\ud800"}',
+     "application/json", "refresh_token contains broken Unicode (a lone surrogate)"),
     (b'{"access_token": "abc", "expires_in": true}', "application/json",
      "expires_in is not a number"),
     (b'{"access_token": "abc", "expires_in": [3600]}', "application/json",
@@ -665,7 +673,16 @@ async def test_lenient_but_valid_answers(
 
 @pytest.mark.parametrize(
     ("expires_in", "seconds"),
-    [(3600, 3600.0), (1.5, 1.5), ("60", 60.0), ("0", 0.0), ("90.25", 90.25), ("1e3", 1000.0)],
+    [
+        (3600, 3600.0),
+        (1.5, 1.5),
+        ("60", 60.0),
+        ("90.25", 90.25),
+        ("1e3", 1000.0),
+        # Practically forever: capped at ten years, so expiry stays representable.
+        (9223372036854775807, 10 * 365 * 86400.0),
+        ("1e999", 10 * 365 * 86400.0),
+    ],
 )
 async def test_expires_in_numbers_and_numeric_strings(
     expires_in: Any, seconds: float, mocked: aioresponses, session: aiohttp.ClientSession
@@ -756,13 +773,23 @@ async def test_malformed_answer_without_a_usable_refresh_token(
     assert info.value.refresh_token is None
 
 
-async def test_unparsable_answer_has_no_refresh_token(
+async def test_unparsable_answer_still_gives_its_intact_refresh_token(
     mocked: aioresponses, session: aiohttp.ClientSession
 ) -> None:
-    mocked.post(KELIWEB_URL, status=200, body=f'{{"refresh_token": "{NEW_REFRESH}", ')
+    """Cut off after the refresh_token member: the server rotated, the member is whole."""
+    mocked.post(KELIWEB_URL, status=200, body=f'{{"refresh_token": "{NEW_REFRESH}", "acc')
     with pytest.raises(MalformedResponseError) as info:
         await keliweb().fetch_token(session, refresh_token=REFRESH, issued_at=ISSUED_AT)
     assert info.value.reason == "invalid JSON"
+    assert info.value.refresh_token == NEW_REFRESH
+
+
+async def test_cut_refresh_token_is_not_salvaged(
+    mocked: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    mocked.post(KELIWEB_URL, status=200, body=f'{{"refresh_token": "{NEW_REFRESH[:10]}')
+    with pytest.raises(MalformedResponseError) as info:
+        await keliweb().fetch_token(session, refresh_token=REFRESH, issued_at=ISSUED_AT)
     assert info.value.refresh_token is None
 
 

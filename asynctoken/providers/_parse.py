@@ -1,15 +1,23 @@
 """Pure parsing of token endpoint answers: from status, headers and bytes to a Token or an error.
 
 Nothing here does I/O, so every branch is unit- and property-tested without a server.
+
+JSON is read leniently, because a 200 answer means the server has usually rotated the refresh
+token already: throwing the whole answer away loses the credential. ``NaN`` and ``Infinity``
+(what Python's own ``json.dumps`` writes), integers too long to be numbers and values nested too
+deeply to parse are accepted as JSON; such values are then dropped from :attr:`Token.extra`, and
+lone UTF-16 surrogates there become U+FFFD, so that every token can be stored. A body that is not
+JSON at all still has its top-level ``refresh_token`` salvaged when that member is intact.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from .._errors import (
     InvalidClientError,
@@ -19,10 +27,12 @@ from .._errors import (
     TransientError,
 )
 from .._secrets import mask
-from .._token import Token
+from .._token import LONE_SURROGATE, UNSTORABLE, Token, storable_value
 from ._headers import get_header, parse_retry_after
 
 __all__ = ["parse_token_response", "sanitize_text", "usable_refresh_token"]
+
+logger = logging.getLogger("asynctoken.providers")
 
 MAX_DESCRIPTION_CHARS = 200
 _MAX_ERROR_CODE_CHARS = 64
@@ -38,6 +48,13 @@ _AUTH_SCHEME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # expires_in as a string: a plain non-negative decimal number, as JSON would write it. Not what
 # float() also takes ("3_600", " 36 ", "inf", non-ASCII digits).
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+#: Longer integers are not numbers anyone can use (and int() refuses past 4,300 digits).
+_MAX_INT_DIGITS: Final = 1000
+#: A lifetime beyond this is "does not expire" for every practical purpose; capped so that
+#: expiry times stay representable (dates, timers).
+MAX_EXPIRES_IN: Final = 10 * 365 * 86400.0
+# A JSON string or a structural character: enough to find the members of an object.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\],]')
 
 
 def sanitize_text(
@@ -76,17 +93,100 @@ def _redact(text: str, secrets: list[str]) -> str:
             return text
 
 
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"non-standard JSON constant {name}")
+def _parse_int(text: str) -> Any:
+    if len(text) > _MAX_INT_DIGITS:
+        return UNSTORABLE
+    return int(text)
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` that also takes ``NaN``/``Infinity`` and integers of any length."""
+    return json.loads(text, parse_constant=float, parse_int=_parse_int)
 
 
 def _load_json(body: bytes) -> Any:
-    """Decode JSON strictly; raise ``ValueError`` for anything that is not valid JSON."""
+    """Decode a JSON answer leniently (see the module docstring).
+
+    Raises:
+        ValueError: not JSON (not UTF-8, or not valid JSON even member by member).
+    """
+    text = body.decode("utf-8-sig")
     try:
-        text = body.decode("utf-8-sig")
-        return json.loads(text, parse_constant=_reject_constant)
-    except RecursionError as exc:  # absurdly nested arrays
-        raise ValueError("JSON nested too deeply") from exc
+        return _loads(text)
+    except RecursionError:  # nested too deeply: the object's other members are still good
+        members, intact = _members(text)
+        if not intact:
+            raise ValueError("JSON nested too deeply") from None
+        return members
+
+
+def _members(text: str) -> tuple[dict[str, Any], bool]:
+    """The members of a top-level JSON object, each parsed on its own.
+
+    A member whose value cannot be parsed (cut off, nested too deeply) is left out. Returns the
+    members and whether the object was syntactically whole; for a broken one they only serve to
+    salvage the refresh token.
+    """
+    members: dict[str, Any] = {}
+    body = text.lstrip()
+    if not body.startswith("{"):
+        return members, False
+    offset = len(text) - len(body)
+    depth = 0
+    start = offset + 1
+    intact = False
+    for match in _JSON_TOKEN.finditer(text, offset):
+        char = match.group()[0]
+        if char == '"':
+            continue
+        if char in "{[":
+            depth += 1
+        elif char in "}]":
+            depth -= 1
+            if depth == 0:
+                _add_member(members, text[start : match.start()])
+                intact = char == "}" and not text[match.end() :].strip()
+                break
+        elif depth == 1:  # a comma between members
+            _add_member(members, text[start : match.start()])
+            start = match.end()
+    else:
+        _add_member(members, text[start:])
+    return members, intact
+
+
+def _add_member(members: dict[str, Any], text: str) -> None:
+    name, colon, value = text.partition(":")
+    if not colon:
+        return
+    try:
+        key = json.loads(name)
+        if isinstance(key, str) and key not in members:
+            members[key] = _loads(value)
+    except (ValueError, RecursionError):
+        return
+
+
+def _storable_extra(ctx: _Context, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The non-standard fields of an answer, made storable; what changed is logged by name."""
+    extra: dict[str, Any] = {}
+    changed: list[str] = []
+    for name, value in data.items():
+        if name in _STANDARD_FIELDS:
+            continue
+        clean = storable_value(value)
+        if clean is UNSTORABLE or clean != value:
+            changed.append(name)
+        if clean is not UNSTORABLE:
+            extra[storable_value(name)] = clean
+    if changed:
+        logger.warning(
+            "%s: answer fields %s held values that cannot be stored (NaN, infinite or "
+            "overlong numbers, broken Unicode): dropped or replaced in Token.extra",
+            ctx.who,
+            ", ".join(sorted(sanitize_text(repr(n), limit=60) for n in changed)),
+        )
+    return extra
 
 
 def _content_type(headers: Mapping[str, str]) -> str:
@@ -204,12 +304,15 @@ def parse_token_response(
     try:
         data = _load_json(body)
     except ValueError:
+        # The server may well have rotated: keep the refresh token if its member is intact.
+        members, _ = _members(body.decode("utf-8", "replace"))
+        ctx.refresh_token = _storable_refresh_token(members.get("refresh_token"))
         if _is_json_type(content_type):
             raise ctx.malformed("invalid JSON") from None
         raise ctx.malformed(f"not JSON (content type {content_type})") from None
     if not isinstance(data, dict):
         raise ctx.malformed("JSON is not an object")
-    ctx.refresh_token = usable_refresh_token(data.get("refresh_token"))
+    ctx.refresh_token = _storable_refresh_token(data.get("refresh_token"))
     if "access_token" not in data and isinstance(data.get("error"), str) and data["error"]:
         # Some servers (GitHub among them) answer errors with 200: the error code still decides.
         _raise_error(ctx, headers, data, issued_at)
@@ -219,6 +322,14 @@ def parse_token_response(
 def usable_refresh_token(value: object) -> str | None:
     """``value`` if it can be used as a refresh token (a non-empty string), else ``None``."""
     return value if isinstance(value, str) and value else None
+
+
+def _storable_refresh_token(value: object) -> str | None:
+    """A usable refresh token that can also be stored and sent (no lone surrogates)."""
+    token = usable_refresh_token(value)
+    if token is None or LONE_SURROGATE.search(token):
+        return None
+    return token
 
 
 def _optional_str(ctx: _Context, data: Mapping[str, Any], name: str) -> str | None:
@@ -232,22 +343,29 @@ def _optional_str(ctx: _Context, data: Mapping[str, Any], name: str) -> str | No
 
 def _expires_in(ctx: _Context, data: Mapping[str, Any], default: float | None) -> float:
     raw = data.get("expires_in")
+    if raw is UNSTORABLE:
+        return MAX_EXPIRES_IN  # an integer of 1,000+ digits: as good as forever
     if raw is None:
-        if default is None:
-            raise ctx.malformed("missing expires_in")
-        return default
-    if isinstance(raw, str):
+        value = None
+    elif isinstance(raw, str):
         if _DECIMAL.fullmatch(raw) is None:
             raise ctx.malformed("expires_in is not a number")
+        value = float(raw)
     elif isinstance(raw, bool) or not isinstance(raw, (int, float)):
         raise ctx.malformed("expires_in is not a number")
-    try:
-        value = float(raw)
-    except OverflowError:  # an integer beyond the float range
-        raise ctx.malformed("expires_in is not a number") from None
-    if not math.isfinite(value) or value < 0:
+    else:
+        try:
+            value = float(raw)
+        except OverflowError:  # an integer beyond the float range: as good as forever
+            value = math.inf
+    if value is None or value == 0:
+        # 0 is what some servers send for "does not expire" or "unknown": as if it were absent.
+        if default is None:
+            raise ctx.malformed("missing expires_in" if value is None else "expires_in is 0")
+        return default
+    if math.isnan(value) or value < 0:
         raise ctx.malformed("expires_in is negative or not finite")
-    return value
+    return min(value, MAX_EXPIRES_IN)
 
 
 def _build_token(
@@ -272,8 +390,12 @@ def _build_token(
         # It becomes the Authorization header's scheme: a line break there is header injection.
         raise ctx.malformed("token_type is not a valid auth scheme")
     refresh_token = _optional_str(ctx, data, "refresh_token")
+    if refresh_token is not None and LONE_SURROGATE.search(refresh_token):
+        raise ctx.malformed("refresh_token contains broken Unicode (a lone surrogate)")
     scope = _optional_str(ctx, data, "scope")
-    extra = {k: v for k, v in data.items() if k not in _STANDARD_FIELDS}
+    if scope is not None:
+        scope = storable_value(scope)
+    extra = _storable_extra(ctx, data)
     return Token(
         access_token=access_token,
         expires_at=expires_at,
