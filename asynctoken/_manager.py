@@ -20,7 +20,6 @@ Concurrency rules, all in this module:
 from __future__ import annotations
 
 import asyncio
-import copy
 import inspect
 import logging
 import sys
@@ -31,16 +30,10 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import cachetools
 
-from ._cache import Entry, Failure, Flight, HotCache
+from ._cache import Entry, Flight, HotCache
 from ._clock import Clock, SystemClock
-from ._errors import (
-    ConfigurationError,
-    CredentialNotFoundError,
-    MalformedResponseError,
-    TokenEndpointError,
-    TokenError,
-    TransientError,
-)
+from ._cooldown import Cooldowns
+from ._errors import ConfigurationError, CredentialNotFoundError, TokenError
 from ._policy import Margins, RetryPolicy, check_seconds
 from ._refresh import Refresher
 from ._saving import RotationSaver
@@ -59,14 +52,6 @@ logger = logging.getLogger("asynctoken")
 
 ProviderFactory = Callable[[str], "Provider | Awaitable[Provider | None] | None"]
 """Resolves the provider for a key that was not registered with :meth:`TokenManager.add`."""
-
-
-#: During a cooldown, how often the store is re-read to see whether the credential changed.
-_RECHECK_INTERVAL = 1.0
-
-
-def _failure_ttu(_key: str, failure: Failure, _now: float) -> float:
-    return failure.until
 
 
 class TokenManager:
@@ -117,13 +102,11 @@ class TokenManager:
     """
 
     __slots__ = (
-        "_background_retry",
         "_cache",
         "_clock",
         "_close_timeout",
         "_closed",
         "_closing",
-        "_cooldown",
         "_drop_timers",
         "_factory",
         "_failures",
@@ -189,8 +172,6 @@ class TokenManager:
         self._margins = margins or Margins()
         self._retry = retry or RetryPolicy()
         self._lock_timeout = lock_timeout
-        self._cooldown = error_cooldown
-        self._background_retry = background_retry_interval
         self._close_timeout = close_timeout
         self._clock: Clock = clock or SystemClock()
         self._monotonic = self._clock.monotonic
@@ -205,8 +186,13 @@ class TokenManager:
         self._resolved: cachetools.LRUCache[str, Provider] = cachetools.LRUCache(cache_size)
         self._provider_types: set[type] = set()
         self._inflight: dict[str, Flight] = {}
-        self._failures: cachetools.TLRUCache[str, Failure] = cachetools.TLRUCache(
-            cache_size, ttu=_failure_ttu, timer=self._monotonic
+        self._failures = Cooldowns(
+            self._store,
+            size=cache_size,
+            cooldown=error_cooldown,
+            background_retry=background_retry_interval,
+            max_retry_after=self._retry.max_retry_after,
+            monotonic=self._monotonic,
         )
         self._rejected: cachetools.LRUCache[str, str] = cachetools.LRUCache(cache_size)
         self._saver = RotationSaver(self._store)
@@ -288,7 +274,7 @@ class TokenManager:
             )
         self._providers[key] = provider
         self._resolved.pop(key, None)
-        self._failures.pop(key, None)  # a new configuration deserves a new attempt
+        self._failures.forget(key)  # a new configuration deserves a new attempt
         if refresh_token is None:
             return False
         if not isinstance(refresh_token, str) or not refresh_token:
@@ -496,38 +482,11 @@ class TokenManager:
             return entry.token
         flight = self._inflight.get(key)
         if flight is None:
-            failure = self._failures.get(key)  # None once its cooldown ended
-            if failure is not None and failure.final and not await self._changed(key, failure):
-                # Fail fast without hammering the server; a copy keeps tracebacks from piling up.
-                error = copy.copy(failure.error)
-                error.__traceback__ = None
-                raise error
+            error = await self._failures.blocking(key)
+            if error is not None:
+                raise error  # fail fast without hammering the server
             flight = self._inflight.get(key) or self._start(key, force=False, background=False)
         return await flight.join()
-
-    async def _changed(self, key: str, failure: Failure) -> bool:
-        """Whether the stored credential changed since ``failure`` (then it is forgotten).
-
-        Another process, or ``asynctoken add --overwrite``, may have re-seeded it: one store
-        read, at most once per second per key, tells.
-        """
-        now = self._monotonic()
-        if now - failure.checked < _RECHECK_INTERVAL:
-            return False
-        failure.checked = now
-        try:
-            stored = await self._store.get(key)
-        except TokenError as exc:
-            logger.debug(
-                "credential %r: could not re-read the store during a cooldown: %s", key, exc
-            )
-            return False
-        if (stored.refresh_token if stored is not None else None) == failure.refresh_token:
-            return False
-        logger.info("credential %r changed in the store; its cooldown ends", key)
-        if self._failures.get(key) is failure:
-            del self._failures[key]
-        return True
 
     def _start(self, key: str, *, force: bool, background: bool) -> Flight:
         flight = Flight()
@@ -563,7 +522,7 @@ class TokenManager:
         except Exception as exc:
             self._land(key, flight)
             if not flight.fenced:
-                self._record_failure(key, exc, background, flight.refresh_token)
+                self._failures.record(key, exc, background, flight.refresh_token)
             flight.fail(exc)
             return  # every caller gets it through its own future; nobody awaits the task
         except BaseException as exc:  # cancelled by aclose(), or the process is going down
@@ -576,48 +535,12 @@ class TokenManager:
             raise
         self._land(key, flight)
         if not flight.fenced:
-            self._failures.pop(key, None)
+            self._failures.forget(key)
         flight.succeed(token)
-
-    def _remember_failure(self, key: str, failure: Failure) -> None:
-        if failure.until > self._monotonic():
-            self._failures[key] = failure
-        else:  # a zero cooldown: nothing to remember, and nothing older either
-            self._failures.pop(key, None)
 
     def _land(self, key: str, flight: Flight) -> None:
         if self._inflight.get(key) is flight:
             del self._inflight[key]
-
-    def _record_failure(
-        self, key: str, error: Exception, background: bool, refresh_token: str | None
-    ) -> None:
-        if isinstance(error, CredentialNotFoundError):
-            logger.debug("credential %r: %s", key, error.message)
-            return  # nothing was requested; resolving again costs nothing
-        now = self._monotonic()
-        if isinstance(error, (TokenEndpointError, MalformedResponseError)):
-            # Final, and so is an unusable answer: a server that always sends one must not be
-            # asked by every caller.
-            failure = Failure(error, now + self._cooldown, True, refresh_token, now)
-            self._remember_failure(key, failure)
-            logger.error("credential %r: refresh failed: %s", key, error)
-        elif isinstance(error, TokenError):
-            # The next background attempt waits, at least as long as the server asked.
-            pause = self._background_retry
-            if isinstance(error, TransientError) and error.retry_after is not None:
-                pause = max(pause, min(error.retry_after, self._retry.max_retry_after))
-            self._remember_failure(key, Failure(error, now + pause, False, refresh_token, now))
-            if background:
-                logger.warning(
-                    "credential %r: background refresh failed, current token still served: %s",
-                    key,
-                    error,
-                )
-            else:
-                logger.error("credential %r: refresh failed: %s", key, error)
-        else:
-            logger.error("credential %r: refresh crashed", key, exc_info=error)
 
     # ------------------------------------------------------------------ helpers
 
@@ -696,7 +619,7 @@ class TokenManager:
         if flight is not None:
             flight.fenced = True  # its callers still get its result; the cache does not
         self._cache.pop(key, None)
-        self._failures.pop(key, None)
+        self._failures.forget(key)
         self._rejected.pop(key, None)
         self._invalidated.pop(key, None)
         self._saver.forget(key)
