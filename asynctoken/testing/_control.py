@@ -5,7 +5,7 @@ only, like the server itself.
 
 =======  ============================  ====================================================
 GET      /_fake/stats                  counters and outcome tally
-GET      /_fake/requests               token-request summaries (tokens masked)
+GET      /_fake/requests               token-request summaries (tokens masked, arrival times)
 POST     /_fake/refresh-token          ``{"refresh_token": …}`` minted in a new family
 POST     /_fake/token                  a full token pair, as ``Token.to_dict()``
 POST     /_fake/expire-access-tokens   expire every access token
@@ -66,6 +66,7 @@ def add_control_routes(app: web.Application, server: FakeOAuthServer) -> None:
             [
                 {
                     "index": r.index,
+                    "loop_time": r.loop_time,
                     "grant_type": r.grant_type,
                     "refresh_token": mask(r.refresh_token),
                     "refresh_token_source": r.refresh_token_source,
