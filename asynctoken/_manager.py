@@ -45,6 +45,7 @@ from .stores._memory import MemoryStore
 
 if TYPE_CHECKING:
     from ._middleware import TokenMiddleware
+    from .httpx import TokenAuth
 
 __all__ = ["ProviderFactory", "TokenManager"]
 
@@ -403,6 +404,15 @@ class TokenManager:
         from ._middleware import TokenMiddleware
 
         return TokenMiddleware(self, key, **options)
+
+    def httpx_auth(self, key: str, **options: Any) -> TokenAuth:
+        """An ``httpx.Auth`` for ``httpx.AsyncClient``: requests get ``key``'s token.
+
+        Needs the ``httpx`` extra. See :class:`asynctoken.httpx.TokenAuth` for the options.
+        """
+        from .httpx import TokenAuth
+
+        return TokenAuth(self, key, **options)
 
     @property
     def store(self) -> TokenStore:
