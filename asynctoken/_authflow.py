@@ -266,21 +266,22 @@ async def token_for_retry(
 ) -> Token | None:
     """After a 401 with :attr:`Verdict.NEW_TOKEN`: the token to send the request again with.
 
-    ``token`` (the one the request carried) is invalidated in every case, so the next request
-    gets another. ``None`` means "return the 401": the body cannot be sent again
-    (``replayable`` false; a warning names the request and ``body``, its type), or no other
-    token can be had (the manager kept ``token`` because it had just replaced a rejected one).
+    ``token`` (the one the request carried) is dropped in every case if it is still the
+    current one, so the next request gets another; the next token comes from
+    :meth:`TokenManager.token_rejected` (one refresh for any number of rejected requests).
+    ``None`` means "return the 401": the body cannot be sent again (``replayable`` false; a
+    warning names the request and ``body``, its type), or a retry would not help (the manager
+    kept ``token`` because it had just replaced a rejected one).
 
     Raises:
         TokenError: no token could be had for the key.
     """
     if not replayable:
+        # Only dropped: the caller gets its 401 now, the next request waits for the refresh.
         await manager.invalidate(rules.key, token)
         warn_not_replayable(rules, method, url, body)
         return None
-    await manager.invalidate(rules.key, token)
-    fresh = await manager.get_token(rules.key)
-    return _checked(rules, token, fresh)
+    return _checked(rules, token, await manager.token_rejected(rules.key, token))
 
 
 def token_for_retry_sync(

@@ -38,12 +38,7 @@ class PortalManager:
         return self._portal.call(self.manager.get_token, key)
 
     def token_rejected(self, key: str, token: Token) -> Token | None:
-        async def rejected() -> Token | None:
-            await self.manager.invalidate(key, token)
-            fresh = await self.manager.get_token(key)
-            return None if fresh.access_token == token.access_token else fresh
-
-        return self._portal.call(rejected)
+        return self._portal.call(self.manager.token_rejected, key, token)
 
     def close(self) -> None:
         try:

@@ -40,7 +40,7 @@ async def manager(server: FakeOAuthServer) -> AsyncIterator[TokenManager]:
 
 @pytest.fixture
 async def client(manager: TokenManager) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(auth=TokenAuth(manager, KEY)) as http:
+    async with httpx.AsyncClient(auth=manager.httpx_auth(KEY)) as http:
         yield http
 
 
@@ -64,7 +64,8 @@ async def test_sets_authorization_and_reuses_the_cached_token(
 
 
 async def test_shortcut_and_repr(manager: TokenManager) -> None:
-    auth = TokenAuth(manager, KEY, origins=["https://api.example.com"])
+    auth = manager.httpx_auth(KEY, origins=["https://api.example.com"])
+    assert isinstance(auth, TokenAuth)
     assert repr(auth) == (
         "TokenAuth(key='keliweb', origins=['https://api.example.com'], require_invalid_token=False)"
     )
