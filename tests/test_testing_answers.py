@@ -250,6 +250,19 @@ async def test_closing_the_server_cuts_a_slow_body(http: aiohttp.ClientSession) 
     assert record.lost_in_flight
 
 
+async def test_no_body_is_sent_with_a_204(
+    keliweb_server: FakeOAuthServer, http: aiohttp.ClientSession
+) -> None:
+    server = keliweb_server
+    old = server.issue_refresh_token()
+    server.fail_next(status=204, body="Service Unavailable", content_type="text/plain")
+    server.rewrite_next(lambda a: a.replace(status=204))
+    for _ in range(2):  # the same keep-alive connection stays usable after each
+        reply = await refresh(http, server, old)
+        assert (reply.status, reply.raw) == (204, b"")
+    assert [r.delivered for r in server.requests] == [True, True]
+
+
 async def test_wait_for_token_deliveries_counts_sent_and_dropped_answers(
     oauth2_server: FakeOAuthServer, http: aiohttp.ClientSession
 ) -> None:

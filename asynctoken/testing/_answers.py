@@ -40,7 +40,7 @@ class TokenAnswer:
         status: the HTTP status (200–599; aiohttp cannot send a 1xx as a final answer).
         headers: the response headers in order; a name may repeat (several ``Set-Cookie``).
             ``Content-Length`` and ``Transfer-Encoding`` are set from the body when sending.
-        body: the body.
+        body: the body (not sent with a 204 or 304 status, which have none in HTTP).
         refresh_token: the refresh token the endpoint issued with this answer (in the JSON
             body, or in ``Set-Cookie`` for ERPeasy), ``None`` when it issued none (an error
             answer). Informational: the server's decision does not change with it.
@@ -199,8 +199,12 @@ async def send_answer(
     for name, value in answer.headers:
         if name.lower() not in _FRAMING_HEADERS:
             response.headers.add(name, value)
-    body = answer.body
-    response.content_length = len(body)
+    # HTTP has no body for these (aiohttp's own responses drop it too): a 204 with a body would
+    # be a framing error for the client, not the answer the test meant.
+    empty = answer.status in (204, 304) or request.method == "HEAD"
+    body = b"" if empty else answer.body
+    if not empty:
+        response.content_length = len(body)
     split = len(body) // 2 if answer.body_delay > 0 or not answer.complete else len(body)
     try:
         await response.prepare(request)
