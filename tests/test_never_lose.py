@@ -16,6 +16,7 @@ import pytest
 from support import FAST_RETRY, keliweb
 
 from asynctoken import (
+    ERPeasyProvider,
     FileStore,
     MalformedResponseError,
     MemoryStore,
@@ -195,4 +196,39 @@ async def test_an_unusable_answer_still_saves_an_intact_rotated_refresh_token(
         # The next refresh (forced: the unusable answer cooled the credential down) uses it.
         token = await tm.refresh("k")
     assert server.is_valid_access_token(token.access_token)
+    assert server.reuse_detected == 0
+
+
+def erpeasy(server: FakeOAuthServer) -> ERPeasyProvider:
+    return ERPeasyProvider(server.client_id, server.client_secret, token_url=server.token_url)
+
+
+ERPEASY_COOKIES = {
+    "deletion after": lambda a: a.with_headers(
+        [("Set-Cookie", "refresh_token=; Path=/; Max-Age=0")]
+    ),
+    "deletion before": lambda a: a.with_headers(
+        [("Set-Cookie", "refresh_token=; Path=/; Max-Age=0")]
+        + [("Set-Cookie", value) for value in a.header_values("Set-Cookie")],
+        drop=["Set-Cookie"],
+    ),
+    "folded by a proxy": lambda a: a.with_headers(
+        [("Set-Cookie", ", ".join([*a.header_values("Set-Cookie"), "x=1; Path=/"]))],
+        drop=["Set-Cookie"],
+    ),
+}
+
+
+@pytest.mark.parametrize("rewrite", ERPEASY_COOKIES.values(), ids=ERPEASY_COOKIES.keys())
+async def test_erpeasy_rotated_cookie_reaches_the_store(
+    fake_oauth_server: Any, store: TokenStore, rewrite: Callable[[TokenAnswer], TokenAnswer]
+) -> None:
+    server = await fake_oauth_server("erpeasy", expires_in=3600)
+    async with TokenManager(store=store, retry=FAST_RETRY, clock=FakeClock()) as tm:
+        await tm.add("k", erpeasy(server), refresh_token=server.issue_refresh_token())
+        server.rewrite_next(rewrite)
+        token = await tm.get_token("k")
+        assert server.is_valid_access_token(token.access_token)
+        await assert_store_holds_the_live_refresh_token(server, store)
+        await tm.refresh("k")  # the next refresh uses it: no reuse
     assert server.reuse_detected == 0

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from asynctoken.providers import ERPeasyProvider
+from asynctoken.providers import ERPeasyProvider, _erpeasy
 from asynctoken.providers._erpeasy import is_cookie_value_safe
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -197,16 +197,35 @@ async def test_deletion_then_new_cookie_in_one_answer(refresh: Refresh) -> None:
     assert await refresh(deletion, f"refresh_token={NEW}; Path=/oauth/token") == NEW
 
 
-async def test_last_refresh_token_cookie_counts(
-    refresh: Refresh, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_last_live_refresh_token_cookie_counts(refresh: Refresh) -> None:
     assert await refresh("refresh_token=first-one; Path=/", f"refresh_token={NEW}; Path=/") == NEW
-    # ClientResponse.cookies keeps one cookie per name, the last: a deletion after the new
-    # cookie wins, as it would in a browser for the same Path. The old token is kept.
-    deletion = "refresh_token=; Path=/oauth/token; Max-Age=0"
-    with caplog.at_level(logging.WARNING, logger="asynctoken.providers"):
-        assert await refresh(f"refresh_token={NEW}; Path=/oauth/token", deletion) is None
-    assert "no refresh_token cookie" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "deletion",
+    [
+        "refresh_token=; Path=/; Max-Age=0",
+        "refresh_token=; Path=/oauth/token; Max-Age=0",
+        "refresh_token=deleted; Path=/; Expires=Thu, 01 Jan 1970 00:00:00 GMT",
+    ],
+)
+async def test_a_deletion_of_a_same_named_cookie_never_hides_the_new_one(
+    refresh: Refresh, deletion: str
+) -> None:
+    """RFC 6265 keys cookies by name, domain and path: a server that rotates the token under
+    Path=/oauth/token and clears an old one under Path=/ sends both. Reading only the last
+    cookie of the name lost the rotated token."""
+    new = f"refresh_token={NEW}; Path=/oauth/token; HttpOnly"
+    assert await refresh(new, deletion) == NEW
+    assert await refresh(deletion, new) == NEW
+
+
+async def test_a_cookie_for_the_token_endpoint_path_is_preferred(refresh: Refresh) -> None:
+    elsewhere = "refresh_token=for-another-path; Path=/api"
+    assert await refresh(f"refresh_token={NEW}; Path=/oauth/token", elsewhere) == NEW
+    assert await refresh(elsewhere, f"refresh_token={NEW}; Path=/oauth") == NEW
+    # With no cookie for the token endpoint's path, a live one is still better than none.
+    assert await refresh(elsewhere) == "for-another-path"
 
 
 @pytest.mark.parametrize(
@@ -218,16 +237,20 @@ async def test_last_refresh_token_cookie_counts(
         f"refresh_token=first-one, refresh_token={NEW}; Path=/",
     ],
 )
-async def test_folded_set_cookie_header_never_yields_garbage(
+async def test_folded_set_cookie_header_yields_the_new_token(
     refresh: Refresh, folded: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A proxy joined Set-Cookie lines with a comma, which RFC 6265 §3 forbids. aiohttp before
-    # 3.14.4 splits such a line into cookies; later versions read one cookie per line, whose
-    # value may then run on into the next cookie. Either the new token or none, never garbage.
+    # A proxy joined Set-Cookie lines with a comma, which RFC 6265 §3 forbids: the line is
+    # split again where a comma is followed by the next cookie's name (never inside Expires).
     with caplog.at_level(logging.WARNING, logger="asynctoken.providers"):
-        assert await refresh(folded) in (NEW, None)
+        assert await refresh(folded) == NEW
     assert OLD not in caplog.text
     assert NEW not in caplog.text
+
+
+async def test_folded_new_cookie_and_deletion(refresh: Refresh) -> None:
+    folded = f"refresh_token={NEW}; Path=/oauth/token, refresh_token=; Path=/; Max-Age=0"
+    assert await refresh(folded) == NEW
 
 
 @pytest.mark.parametrize(
@@ -291,11 +314,11 @@ async def test_unparsable_cookies_are_no_cookies(
     refresh: Refresh, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # aiohttp without aio-libs/aiohttp#12395, on a CPython patched for CVE-2026-3644, raises
-    # CookieError from ClientResponse.cookies on a control character.
-    def refuse(self: aiohttp.ClientResponse) -> Any:
+    # CookieError from its Set-Cookie parser on a control character.
+    def refuse(headers: Any) -> Any:
         raise CookieError("Control characters are not allowed in cookies")
 
-    monkeypatch.setattr(aiohttp.ClientResponse, "cookies", property(refuse))
+    monkeypatch.setattr(_erpeasy, "parse_set_cookie_headers", refuse)
     with caplog.at_level(logging.WARNING, logger="asynctoken.providers"):
         assert await refresh(f"refresh_token={NEW}") is None
     assert "no refresh_token cookie" in caplog.text

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
-from collections.abc import Mapping
-from http.cookies import Morsel
+from collections.abc import Iterator, Mapping, Sequence
+from http.cookies import CookieError, Morsel, SimpleCookie
 from typing import Literal
+
+from yarl import URL
+
+try:
+    # aiohttp's lenient Set-Cookie parser (what ClientResponse.cookies uses, 3.12.14 and later):
+    # it reads what servers really send (long weekday names, Partitioned, Priority, ...).
+    from aiohttp._cookie_helpers import parse_set_cookie_headers
+except ImportError:  # pragma: no cover - a future aiohttp that moved it: the stdlib's parser
+
+    def parse_set_cookie_headers(headers: Sequence[str]) -> list[tuple[str, Morsel[str]]]:
+        cookies: list[tuple[str, Morsel[str]]] = []
+        for header in headers:
+            jar: SimpleCookie = SimpleCookie()
+            with contextlib.suppress(CookieError):
+                jar.load(header)
+            cookies.extend(jar.items())
+        return cookies
+
 
 from .._errors import ConfigurationError, InvalidGrantError, MalformedResponseError
 from .._token import Token
@@ -28,11 +47,44 @@ REFRESH_COOKIE = "refresh_token"
 _REFRESH_TOKEN_IN = ("both", "cookie", "body")
 _COOKIE_OCTETS = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
 _MAX_AGE = re.compile(r"-?[0-9]+")
+# Where a proxy folded several Set-Cookie lines into one (RFC 6265 §3 forbids it): a comma
+# followed by the next cookie's "name=". The comma inside an Expires date is followed by a
+# space and a day number, never by "name=".
+_FOLD = re.compile(r",\s*(?=[!#$%&'*+\-.^_`|~0-9A-Za-z]+=)")
 
 
 def is_cookie_value_safe(value: str) -> bool:
     """Whether ``value`` can be sent as a cookie value unquoted (RFC 6265 ``cookie-octet``s)."""
     return _COOKIE_OCTETS.fullmatch(value) is not None
+
+
+def _cookies(set_cookie: tuple[str, ...]) -> Iterator[Morsel[str]]:
+    """Every cookie the ``Set-Cookie`` values set, in order, folded lines split again; one the
+    parser refuses is skipped."""
+    pieces = [piece for header in set_cookie for piece in _FOLD.split(header)]
+    try:
+        parsed = parse_set_cookie_headers(pieces)
+    except CookieError:
+        # A CPython patched for CVE-2026-3644 refuses control characters in cookies; aiohttp
+        # releases without aio-libs/aiohttp#12395 let that escape. Then one piece at a time.
+        parsed = []
+        for piece in pieces:
+            with contextlib.suppress(CookieError):
+                parsed.extend(parse_set_cookie_headers([piece]))
+    for _, morsel in parsed:
+        yield morsel
+
+
+def _path_matches(cookie_path: str | None, request_path: str) -> bool:
+    """RFC 6265 §5.1.4 path-match; a cookie without ``Path`` gets the request's default path,
+    which always matches it."""
+    if not cookie_path or not cookie_path.startswith("/"):
+        return True
+    if cookie_path == request_path:
+        return True
+    return request_path.startswith(cookie_path) and (
+        cookie_path.endswith("/") or request_path[len(cookie_path)] == "/"
+    )
 
 
 def _attribute(morsel: Morsel[str], name: str) -> str | None:
@@ -67,9 +119,10 @@ class ERPeasyProvider(BaseTokenProvider):
     Client credentials go in ``Authorization: Basic base64(client_id:client_secret)``. The
     refresh token is sent as a ``Cookie: refresh_token=…`` header built here (and, by default,
     also as a body field), and the rotated one is read only from the answer's
-    ``Set-Cookie: refresh_token=…`` header, as aiohttp's own Set-Cookie parser reads it
-    (:attr:`aiohttp.ClientResponse.cookies`): the session's cookie jar is never involved, so
-    ``Domain``, ``Path`` and ``Secure`` do not hide it. Every other field of the answer
+    ``Set-Cookie: refresh_token=…`` header, read from every ``Set-Cookie`` header of the answer
+    with the standard library's cookie parser: the session's cookie jar is never involved, so
+    ``Domain``, ``Path`` and ``Secure`` do not hide it, and a deletion of a same-named cookie
+    with another ``Path`` does not either. Every other field of the answer
     (``user_id``, ``company_id``, ``company_document``, ``company_name``, ``jti``, …) is kept
     in :attr:`Token.extra`.
 
@@ -201,10 +254,11 @@ class ERPeasyProvider(BaseTokenProvider):
     ) -> Token:
         """Parse the answer and take the new refresh token from ``Set-Cookie: refresh_token``.
 
-        The cookie wins over a ``refresh_token`` JSON field. When several ``Set-Cookie`` headers
-        set ``refresh_token``, the last one counts. A deletion cookie (empty value,
-        ``Max-Age`` ≤ 0, ``Expires`` before ``issued_at``) is not a refresh token, nor is a value
-        that a cookie cannot carry.
+        The cookie wins over a ``refresh_token`` JSON field. Every ``Set-Cookie`` header is read
+        (several values folded into one line by a proxy are split again). A deletion cookie
+        (empty value, ``Max-Age`` ≤ 0, ``Expires`` before ``issued_at``) is not a refresh
+        token, nor is a value that a cookie cannot carry. Of the live ones, the last whose
+        ``Path`` matches the token endpoint's path counts, else the last one.
 
         Raises:
             MalformedResponseError: as :func:`parse_token_response`; its ``refresh_token`` is
@@ -222,9 +276,7 @@ class ERPeasyProvider(BaseTokenProvider):
         cookie = self._refresh_cookie(response, issued_at)
         if cookie is not None:
             return token.with_refresh_token(cookie)
-        morsel = response.cookies.get(REFRESH_COOKIE)
-        no_cookie = morsel is None or not _is_live(morsel, issued_at)
-        if no_cookie and token.refresh_token is None and request.grant_type == "refresh_token":
+        if token.refresh_token is None and request.grant_type == "refresh_token":
             # ERPeasy rotates refresh tokens; a missing cookie usually means a proxy dropped it.
             logger.warning(
                 "erpeasy: token answer from %s carried no refresh_token cookie; "
@@ -234,21 +286,28 @@ class ERPeasyProvider(BaseTokenProvider):
         return token
 
     def _refresh_cookie(self, response: RawResponse, issued_at: float) -> str | None:
-        """The live, well-formed ``refresh_token`` cookie of ``response``, or ``None``."""
-        morsel = response.cookies.get(REFRESH_COOKIE)
-        if morsel is None or not _is_live(morsel, issued_at):
-            return None
-        if is_cookie_value_safe(morsel.value):
-            return morsel.value
-        # Most likely a proxy folded several Set-Cookie headers into one line: aiohttp then
-        # keeps a trailing comma, or (3.14.4 and later: one cookie per line) lets the value run
-        # on into the next cookie. Storing that would replace a good token with garbage.
-        logger.warning(
-            "erpeasy: ignored the refresh_token cookie from %s: its value is not a valid "
-            "cookie value (were several Set-Cookie headers folded into one?)",
-            endpoint_host(self.token_url),
-        )
-        return None
+        """The answer's new refresh token: its live, well-formed ``refresh_token`` cookie."""
+        path = URL(self.token_url).path or "/"
+        live = matching = None
+        refused = False
+        for morsel in _cookies(response.set_cookie):
+            if morsel.key != REFRESH_COOKIE or not _is_live(morsel, issued_at):
+                continue
+            if not is_cookie_value_safe(morsel.value):
+                # Most likely a cookie run on into the next one, or a quoted value with a space:
+                # storing that would replace a good token with garbage.
+                refused = True
+                continue
+            live = morsel.value
+            if _path_matches(_attribute(morsel, "path"), path):
+                matching = morsel.value
+        if refused and live is None:
+            logger.warning(
+                "erpeasy: ignored the refresh_token cookie from %s: its value is not a valid "
+                "cookie value (were several Set-Cookie headers folded into one?)",
+                endpoint_host(self.token_url),
+            )
+        return matching if matching is not None else live
 
     def _repr_fields(self) -> list[str]:
         fields = [f"refresh_token_in={self.refresh_token_in!r}"]

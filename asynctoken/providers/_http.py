@@ -9,7 +9,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.cookies import CookieError, Morsel
 
 import aiohttp
 from yarl import URL
@@ -76,21 +75,22 @@ class TokenRequest:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class RawResponse:
-    """What came back: status, headers, cookies, at most ``max_response_bytes + 1`` body bytes.
+    """What came back: status, headers, at most ``max_response_bytes + 1`` body bytes.
 
     Attributes:
         status: the HTTP status code.
         headers: the response headers (case-insensitive when they come from aiohttp).
         body: the body, possibly cut one byte past the size limit.
-        cookies: the cookies this answer's ``Set-Cookie`` headers set, by name (the last one of
-            a name wins), as aiohttp parsed them (:attr:`aiohttp.ClientResponse.cookies`): no
-            cookie jar was involved, so ``Domain``, ``Path`` and ``Secure`` filtered nothing.
+        set_cookie: every ``Set-Cookie`` header value, in order, unparsed: several cookies of one
+            name can come back (a new one and the deletion of an old one with another ``Path``),
+            and no cookie jar was involved, so ``Domain``, ``Path`` and ``Secure`` filtered
+            nothing.
     """
 
     status: int
     headers: Mapping[str, str]
     body: bytes
-    cookies: Mapping[str, Morsel[str]] = field(default_factory=dict)
+    set_cookie: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"RawResponse(status={self.status!r}, body_bytes={len(self.body)})"
@@ -237,17 +237,6 @@ async def _read_limited(content: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _response_cookies(resp: aiohttp.ClientResponse) -> dict[str, Morsel[str]]:
-    # ClientResponse.cookies parses this answer's own Set-Cookie headers with aiohttp's lenient
-    # parser, independently of the session's cookie jar.
-    try:
-        return dict(resp.cookies)
-    except CookieError:
-        # aiohttp releases without aio-libs/aiohttp#12395 let a CPython patched for
-        # CVE-2026-3644 raise here on a control character in a cookie: no usable cookie then.
-        return {}
-
-
 async def send_token_request(
     session: aiohttp.ClientSession,
     request: TokenRequest,
@@ -281,7 +270,7 @@ async def send_token_request(
                 status=resp.status,
                 headers=resp.headers,
                 body=body,
-                cookies=_response_cookies(resp),
+                set_cookie=tuple(resp.headers.getall("Set-Cookie", ())),
             )
     except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
         error = TransientError(
