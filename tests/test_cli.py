@@ -450,6 +450,66 @@ async def test_add_then_refresh(server: FakeOAuthServer, tmp_path: Path) -> None
     status.assert_no_secrets(second.access_token, second.refresh_token)
 
 
+async def test_add_and_refresh_succeed_with_a_huge_expires_in(
+    server: FakeOAuthServer, tmp_path: Path
+) -> None:
+    """The work succeeded: the command must say so. (A huge expires_in overflowed the expiry
+    display: "unexpected error", and a script retried with an already-used refresh token.)"""
+    path = tmp_path / "tokens.json"
+    env = {
+        "ASYNCTOKEN_CLIENT_SECRET": CLIENT_SECRET,
+        "ASYNCTOKEN_REFRESH_TOKEN": server.issue_refresh_token(),
+    }
+    huge = 9223372036854775807
+    server.rewrite_next(lambda a: a.with_json({**a.json(), "expires_in": huge}), 2)
+    added = await run_cli("add", "kw", *provider_args(server, path), env=env)
+    assert added.code == 0, added.err
+    refreshed = await run_cli("refresh", "kw", *provider_args(server, path), env=env)
+    assert refreshed.code == 0, refreshed.err
+    token = await stored(path, "kw")
+    assert token is not None
+    assert server.valid_refresh_tokens == [token.refresh_token]
+
+
+async def test_status_shows_a_far_future_expiry_of_an_old_record(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    await FileStore(path).put(
+        "old", Token(access_token="a" * 20, expires_at=9.2e18, refresh_token="r" * 20)
+    )
+    result = await run_cli("status", "--store", str(path))
+    assert result.code == 0, result.err
+    assert "old" in result.out
+
+
+async def test_status_lists_healthy_records_and_flags_damaged_ones(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    store = FileStore(path)
+    for key in ("alpha", "omega"):
+        await store.put(
+            key, Token(access_token="a" * 20, expires_at=time.time() + 3600, provider="keliweb")
+        )
+    document = json.loads(path.read_text())
+    document["credentials"]["broken"] = {"access_token": "x", "refresh_token": "secret-" * 5}
+    path.write_text(json.dumps(document))
+
+    result = await run_cli("status", "--store", str(path))
+    assert result.code == 3, result.err
+    lines = {line.split()[0]: line for line in result.out.splitlines() if line.strip()}
+    assert "in 60 min" in lines["alpha"]
+    assert "in 60 min" in lines["omega"]
+    assert "damaged" in lines["broken"]
+    assert "expires_at" in lines["broken"]
+    assert "3 credentials in" in result.out
+    assert "1 damaged" in result.out
+    result.assert_no_secrets("secret-" * 5)
+
+    as_json = await run_cli("status", "--store", str(path), "--json")
+    assert as_json.code == 3
+    rows = {row["key"]: row for row in json.loads(as_json.out)}
+    assert rows["broken"]["state"] == "damaged"
+    assert rows["alpha"]["state"] == "valid"
+
+
 async def test_add_with_password_grant_and_overwrite(
     server: FakeOAuthServer, tmp_path: Path
 ) -> None:

@@ -184,11 +184,14 @@ async def cmd_status(args: argparse.Namespace, style: Style, out: Output) -> int
     ``_STATUS_BATCH`` whose records are fetched concurrently, and a key is skipped as a
     duplicate only within its batch. Redis ``SCAN`` may, rarely (while the server resizes its
     table), yield a key twice; such a key is then listed twice.
+
+    A record that cannot be read is listed as damaged, with what is wrong, and the others are
+    still listed; the exit status is then ``EXIT_STORE``.
     """
     store = open_store(args, must_exist=True)
     label = _store_label(args.store)
     key_width = 24
-    count = 0
+    count = damaged = 0
     header = f"{'KEY':<{key_width}}  {'PROVIDER':<9}  {'ACCESS TOKEN':<20}  REFRESH TOKEN"
     try:
         async for batch in _batches(store.keys(), _STATUS_BATCH):
@@ -198,25 +201,37 @@ async def cmd_status(args: argparse.Namespace, style: Style, out: Output) -> int
             for key, token in zip(keys, tokens, strict=True):
                 if token is None:  # deleted while we iterate
                     continue
-                row = _Row.of(key, token, now)
                 # Nothing is printed before the first record: a failing store prints only an
                 # error.
                 if args.json:
-                    out.write(("[\n  " if not count else ",\n  ") + json.dumps(row.as_json(now)))
+                    row = (
+                        {"key": key, "state": "damaged", "error": token.message}
+                        if isinstance(token, StoreError)
+                        else _Row.of(key, token, now).as_json(now)
+                    )
+                    out.write(("[\n  " if not count else ",\n  ") + json.dumps(row))
                 else:
                     if not count:
                         out.write(style.bold(header) + "\n")
-                    out.write(row.as_text(now, style, key_width) + "\n")
+                    if isinstance(token, StoreError):
+                        line = f"{printable(key):<{key_width}}  {style.red('damaged')}: "
+                        out.write(line + printable(token.message) + "\n")
+                    else:
+                        out.write(_Row.of(key, token, now).as_text(now, style, key_width) + "\n")
                 count += 1
+                damaged += isinstance(token, StoreError)
             out.flush()
         if args.json:
             out.write("\n]\n" if count else "[]\n")
         else:
             plural = "" if count == 1 else "s"
-            out.write(style.dim(f"{count} credential{plural} in {label}") + "\n")
+            summary = f"{count} credential{plural} in {label}"
+            if damaged:
+                summary += f", {damaged} damaged"
+            out.write(style.dim(summary) + "\n")
     finally:
         await store.aclose()
-    return EXIT_OK
+    return EXIT_STORE if damaged else EXIT_OK
 
 
 async def _batches(keys: AsyncIterator[str], size: int) -> AsyncIterator[list[str]]:
@@ -231,9 +246,17 @@ async def _batches(keys: AsyncIterator[str], size: int) -> AsyncIterator[list[st
         yield batch
 
 
-async def _get_all(store: TokenStore, keys: list[str]) -> list[Token | None]:
-    """The records of ``keys``, fetched concurrently; the first failure cancels the rest."""
-    tasks = [asyncio.ensure_future(store.get(key)) for key in keys]
+async def _get_all(store: TokenStore, keys: list[str]) -> list[Token | StoreError | None]:
+    """The records of ``keys``, fetched concurrently; a record that cannot be read is its
+    :class:`StoreError`; any other failure cancels the rest."""
+
+    async def get(key: str) -> Token | StoreError | None:
+        try:
+            return await store.get(key)
+        except StoreError as exc:
+            return exc
+
+    tasks = [asyncio.ensure_future(get(key)) for key in keys]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:

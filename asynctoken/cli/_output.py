@@ -133,9 +133,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
+def local_time(epoch: float) -> str:
+    """``epoch`` as a local date and time; never fails (a far-future expiry is said so)."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch))
+    except (OverflowError, OSError, ValueError):
+        return "beyond the year 9999" if epoch > 0 else "before the year 1"
+
+
 def _token_line(token: Token, style: Style) -> str:
     remaining = token.expires_at - time.time()
-    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(token.expires_at))
+    when = local_time(token.expires_at)
     expiry = human_delta(remaining)
     expiry = style.green(expiry) if remaining > 0 else style.red(expiry)
     refresh = printable(mask(token.refresh_token)) if token.refresh_token else "none"
