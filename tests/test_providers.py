@@ -635,7 +635,7 @@ MALFORMED_CASES = [
      "refresh_token is not a string"),
     (b'{"access_token": "abc", "expires_in": 3600, "token_type": {}}', "application/json",
      "token_type is not a string"),
-    (b'{"access_token": "abc", "expires_in": 3600, "scope": ["a"]}', "application/json",
+    (b'{"access_token": "abc", "expires_in": 3600, "scope": ["a", 1]}', "application/json",
      "scope is not a string"),
 ]  # fmt: skip
 
@@ -669,6 +669,15 @@ async def test_lenient_but_valid_answers(
     assert token.refresh_token is None
     assert token.scope is None
     assert token.token_type == "Bearer"
+
+
+@pytest.mark.parametrize(("scope", "kept"), [(["read", "write"], "read write"), ([], None)])
+async def test_scope_as_a_json_list_is_the_space_separated_scope(
+    scope: list[str], kept: str | None, mocked: aioresponses, session: aiohttp.ClientSession
+) -> None:
+    mocked.post(KELIWEB_URL, payload={**OK_BODY, "scope": scope})
+    token = await keliweb().fetch_token(session, refresh_token=REFRESH, issued_at=ISSUED_AT)
+    assert token.scope == kept
 
 
 @pytest.mark.parametrize(

@@ -392,7 +392,12 @@ def _build_token(
     refresh_token = _optional_str(ctx, data, "refresh_token")
     if refresh_token is not None and LONE_SURROGATE.search(refresh_token):
         raise ctx.malformed("refresh_token contains broken Unicode (a lone surrogate)")
-    scope = _optional_str(ctx, data, "scope")
+    raw_scope = data.get("scope")
+    if isinstance(raw_scope, list) and all(isinstance(s, str) for s in raw_scope):
+        # Some servers send the scope as a JSON list: it is the same space-separated scope.
+        scope = " ".join(raw_scope) or None
+    else:
+        scope = _optional_str(ctx, data, "scope")
     if scope is not None:
         scope = storable_value(scope)
     extra = _storable_extra(ctx, data)
