@@ -738,7 +738,7 @@ async def test_token_type_with_line_break_is_a_malformed_answer(oauth: FakeOAuth
     [
         ({"access_token": ACCESS}, "missing expires_in"),
         ({"access_token": ACCESS, "expires_in": "soon"}, "expires_in is not a number"),
-        ({"access_token": ACCESS, "expires_in": 60, "scope": ["a"]}, "scope is not a string"),
+        ({"access_token": ACCESS, "expires_in": 60, "scope": {"a": 1}}, "scope is not a string"),
         (
             {"access_token": ACCESS, "expires_in": 60, "token_type": "Bearer\r\nX: 1"},
             "token_type is not a valid auth scheme",
