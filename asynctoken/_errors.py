@@ -12,7 +12,8 @@ Every exception derives from :class:`TokenError`::
     │                                            errors and timeouts, after the retries ran out
     ├── MalformedResponseError                   the answer was not a usable token response
     └── StoreError                               the token store failed or holds bad data
-        └── StoreLockTimeoutError                another process held the refresh lock too long
+        ├── StoreLockTimeoutError                another process held the refresh lock too long
+        └── SealedRecordError                    an encrypted record cannot be opened
 
 Messages and attributes carry what a person needs to act (credential key, HTTP status, OAuth error
 code, URL, file path) and never a secret.
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidClientError",
     "InvalidGrantError",
     "MalformedResponseError",
+    "SealedRecordError",
     "StoreError",
     "StoreLockTimeoutError",
     "TokenEndpointError",
@@ -181,3 +183,26 @@ class StoreError(TokenError):
 
 class StoreLockTimeoutError(StoreError):
     """The cross-process refresh lock for a credential was not acquired in time."""
+
+
+class SealedRecordError(StoreError):
+    """An encrypted record cannot be opened: unknown key id, wrong key, altered, copied from
+    another credential key, or the store has no cipher.
+
+    The record is left as it was; the credential is unusable until the key is supplied (or the
+    credential is added again with ``overwrite=True``). Other credentials are unaffected.
+
+    Attributes:
+        key_id: the id of the key the record says it was sealed with (``None`` if unreadable).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        location: str | None = None,
+        key: str | None = None,
+        key_id: str | None = None,
+    ) -> None:
+        super().__init__(message, location=location, key=key)
+        self.key_id = key_id

@@ -11,6 +11,7 @@ import pytest_asyncio
 import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from backends import PERSISTING, Backend, open_backend
 from redis_server import RedisServer
 
 from asynctoken.testing import FakeOAuthServer
@@ -73,3 +74,9 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
         names = list(client.scan_iter(match=prefix + "*", count=1000))
         for start in range(0, len(names), 1000):
             client.delete(*names[start : start + 1000])
+
+
+@pytest.fixture(params=PERSISTING)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each persisting store in turn (see tests/backends.py)."""
+    return open_backend(request.param, request)

@@ -1,4 +1,5 @@
-"""The TokenStore contract, run against every store: memory, a real file, a real redis-server."""
+"""The TokenStore contract, run against every store: memory, a real file, a real redis-server,
+each persisting one also with its records sealed by a cipher."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
+from backends import PERSISTING, cipher, open_backend
 
 import asynctoken.stores
 from asynctoken import StoreError, StoreLockTimeoutError, Token
-from asynctoken.stores import FileStore, MemoryStore, RedisStore, TokenStore
+from asynctoken.stores import MemoryStore, TokenStore
 
 
 async def collect(keys: AsyncIterator[str]) -> list[str]:
@@ -32,17 +33,13 @@ def token(n: int, refresh: str | None = "default") -> Token:
     )
 
 
-@pytest.fixture(params=["memory", "file", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TokenStore]:
-    kind = request.param
-    if kind == "memory":
+@pytest.fixture(params=["memory", *PERSISTING, *(f"{name}+cipher" for name in PERSISTING)])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[TokenStore]:
+    name, _, sealed = request.param.partition("+")
+    if name == "memory":
         instance: TokenStore = MemoryStore()
-    elif kind == "file":
-        instance = FileStore(tmp_path / "tokens.json")
     else:
-        redis_url: str = request.getfixturevalue("redis_url")
-        prefix: str = request.getfixturevalue("redis_prefix")
-        instance = RedisStore(redis_url, prefix=prefix)
+        instance = open_backend(name, request).open(cipher() if sealed else None)
     yield instance
     await instance.aclose()
 

@@ -1,4 +1,4 @@
-"""The ``asynctoken`` command: ``python -m asynctoken [demo|status|add|refresh]``.
+"""The ``asynctoken`` command: ``python -m asynctoken [demo|status|add|refresh|rekey]``.
 
 ``demo`` (the default) needs no network and no configuration; the other commands work on a store
 (a JSON file, or a ``redis://`` URL). Secrets are never taken from the command line, where
@@ -6,8 +6,9 @@
 terminal, a ``getpass`` prompt. Nothing printed ever contains a secret beyond a short prefix.
 
 This package holds the argument parser and :func:`main`; the commands live in ``_demo``
-(``demo``) and ``_commands`` (``status``, ``add``, ``refresh``), on top of ``_output`` (colours,
-durations, masked tokens), ``_secrets`` (environment or prompt) and ``_exit`` (exit codes).
+(``demo``), ``_commands`` (``status``, ``add``, ``refresh``) and ``_rekey`` (``rekey``), on top
+of ``_output`` (colours, durations, masked tokens), ``_secrets`` (environment or prompt) and
+``_exit`` (exit codes).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from ._exit import (
     OutputError,
 )
 from ._output import GuardedOutput, Style
-from ._secrets import ENV_CLIENT_SECRET, ENV_PASSWORD, ENV_REFRESH_TOKEN
+from ._rekey import add_parser as _add_rekey_parser
+from ._secrets import ENV_CLIENT_SECRET, ENV_KEYS, ENV_PASSWORD, ENV_REFRESH_TOKEN
 
 __all__ = ["main"]
 
@@ -48,6 +50,8 @@ secrets (never command-line arguments):
   {ENV_CLIENT_SECRET}   the OAuth2 client secret
   {ENV_REFRESH_TOKEN}   the refresh token to bootstrap a credential with (add)
   {ENV_PASSWORD}        the password for the password grant (add)
+  {ENV_KEYS}            encryption keys of the store, KEY_ID:BASE64 entries, the
+                             primary first (needed by rekey; used by every command if set)
   When a variable is unset and stdin is a terminal, you are prompted without echo.
 
 exit codes:
@@ -198,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace a credential the store already holds"
     )
     add.set_defaults(handler=cmd_add)
+    _add_rekey_parser(sub, [common, store], formatter_class=formatter, epilog=_EPILOG)
     return parser
 
 
@@ -253,7 +258,7 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
-_COMMANDS = frozenset({"demo", "status", "add", "refresh"})
+_COMMANDS = frozenset({"demo", "status", "add", "refresh", "rekey"})
 _TOP_LEVEL = frozenset({"-h", "--help", "--version"})
 
 

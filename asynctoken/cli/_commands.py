@@ -21,11 +21,12 @@ from .._secrets import mask
 from .._token import Token
 from ..providers import ERPeasyProvider, KeliwebProvider, OAuth2Provider, Provider
 from ..stores._base import TokenStore
+from ..stores._records import Cipher
 from ._exit import EXIT_OK, EXIT_STORE, EXIT_TOKEN, EXIT_USAGE, CliError
 from ._output import Output, Style, _token_line, human_delta, printable
-from ._secrets import ENV_CLIENT_SECRET, ENV_PASSWORD, ENV_REFRESH_TOKEN, read_secret
+from ._secrets import ENV_CLIENT_SECRET, ENV_KEYS, ENV_PASSWORD, ENV_REFRESH_TOKEN, read_secret
 
-__all__ = ["build_provider", "cmd_add", "cmd_refresh", "cmd_status", "open_store"]
+__all__ = ["build_provider", "cmd_add", "cmd_refresh", "cmd_status", "open_store", "store_cipher"]
 
 
 # --------------------------------------------------------------------------- stores and providers
@@ -50,13 +51,41 @@ def _store_label(target: str) -> str:
     return printable(redact_url(target))
 
 
-def open_store(args: argparse.Namespace, *, must_exist: bool) -> TokenStore:
+def store_cipher(*, required: bool = False) -> Cipher | None:
+    """The cipher of the keys in ``ASYNCTOKEN_KEYS``, or ``None`` when it is unset.
+
+    Raises:
+        CliError: it is unset although ``required``, or the crypto extra is missing (exit 2).
+        ConfigurationError: its value is malformed (exit 2; the message holds no key material).
+    """
+    if not os.environ.get(ENV_KEYS, "").strip():
+        if required:
+            raise CliError(
+                f"no encryption keys: set {ENV_KEYS} to KEY_ID:BASE64 entries, the primary first",
+                EXIT_USAGE,
+            )
+        return None
+    try:
+        from ..crypto import AESGCMCipher
+    except ImportError as exc:
+        raise CliError(f"{exc}; it is needed for {ENV_KEYS}", EXIT_USAGE) from None
+    return AESGCMCipher.from_env(ENV_KEYS)
+
+
+def open_store(
+    args: argparse.Namespace, *, must_exist: bool, cipher: Cipher | None = None
+) -> TokenStore:
     """Open ``--store``: a ``redis://`` or ``rediss://`` URL, else a JSON file path.
+
+    Records are sealed and opened with ``cipher``, by default the keys of ``ASYNCTOKEN_KEYS``
+    when it is set.
 
     Raises:
         CliError: the file does not exist although it must (exit code 3).
     """
     target: str = args.store
+    if cipher is None:
+        cipher = store_cipher()
     if _is_redis_url(target):
         try:
             from ..stores import RedisStore
@@ -65,8 +94,8 @@ def open_store(args: argparse.Namespace, *, must_exist: bool) -> TokenStore:
                 f"cannot open a Redis store: {exc}; install asynctoken[redis]", EXIT_STORE
             ) from exc
         if args.prefix is None:
-            return RedisStore(target)
-        return RedisStore(target, prefix=args.prefix)
+            return RedisStore(target, cipher=cipher)
+        return RedisStore(target, prefix=args.prefix, cipher=cipher)
     if args.prefix is not None:
         raise CliError("--prefix applies to Redis stores only", EXIT_USAGE)
     if must_exist and not os.path.exists(target):
@@ -75,7 +104,7 @@ def open_store(args: argparse.Namespace, *, must_exist: bool) -> TokenStore:
         raise CliError(f"store path is a directory, not a file: {target}", EXIT_STORE)
     from ..stores import FileStore
 
-    return FileStore(target)
+    return FileStore(target, cipher=cipher)
 
 
 def _check_provider_args(args: argparse.Namespace) -> None:

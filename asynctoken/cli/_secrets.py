@@ -11,11 +11,14 @@ import sys
 
 from ._exit import EXIT_USAGE, CliError
 
-__all__ = ["ENV_CLIENT_SECRET", "ENV_PASSWORD", "ENV_REFRESH_TOKEN", "read_secret"]
+__all__ = ["ENV_CLIENT_SECRET", "ENV_KEYS", "ENV_PASSWORD", "ENV_REFRESH_TOKEN", "read_secret"]
 
 ENV_CLIENT_SECRET = "ASYNCTOKEN_CLIENT_SECRET"
 ENV_REFRESH_TOKEN = "ASYNCTOKEN_REFRESH_TOKEN"
 ENV_PASSWORD = "ASYNCTOKEN_PASSWORD"
+#: Encryption keys of the store (``KEY_ID:BASE64`` entries, see :mod:`asynctoken.crypto`); the
+#: same name as ``asynctoken.crypto.ENV_KEYS``, which needs the optional crypto extra to import.
+ENV_KEYS = "ASYNCTOKEN_KEYS"
 
 
 def read_secret(env: str, what: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -21,15 +21,14 @@ from ._file_format import (
     Document,
     Stamp,
     copy_aside,
-    decode_record,
     empty_document,
-    encode_record,
     is_settled,
     read_document,
     remove_stale_temp_files,
     stamp_of,
     write_document,
 )
+from ._records import Cipher, RecordCodec, Resealed
 
 __all__ = ["FileStore"]
 
@@ -73,8 +72,14 @@ class FileStore:
     saved once as ``<path>.corrupt-<UTC timestamp>``. A missing file is an empty store; it is
     created on the first write, with missing parent directories created ``0700``.
 
+    With a ``cipher`` (:class:`asynctoken.crypto.AESGCMCipher`), every record written is sealed
+    (see :mod:`asynctoken.stores._records`); plain records written before are still read, and
+    sealed on their next write. A record that cannot be opened raises
+    :class:`~asynctoken.SealedRecordError` naming the key and the key id.
+
     Args:
         path: the JSON file.
+        cipher: seals records at rest; ``None`` keeps them in plain JSON.
         lock_timeout: how long a write waits for the store-wide write lock before raising
             :class:`~asynctoken.StoreLockTimeoutError`. Writers hold it for milliseconds.
         poll_interval: how often a waiter of :meth:`lock` retries the per-credential lock.
@@ -85,6 +90,7 @@ class FileStore:
 
     __slots__ = (
         "_cache",
+        "_codec",
         "_corrupt_copies",
         "_key_locks",
         "_lock_path",
@@ -99,6 +105,7 @@ class FileStore:
         self,
         path: str | os.PathLike[str],
         *,
+        cipher: Cipher | None = None,
         lock_timeout: float = 10.0,
         poll_interval: float = 0.05,
     ) -> None:
@@ -109,6 +116,7 @@ class FileStore:
         self._path = os.path.realpath(os.fspath(path))
         self._lock_path = self._path + ".lock"
         self._locks_dir = self._path + ".locks"
+        self._codec = RecordCodec(cipher, self._path)
         self._lock_timeout = float(lock_timeout)
         self._poll_interval = float(poll_interval)
         # The last parsed version of the file, reused while its stat identity is unchanged.
@@ -132,11 +140,11 @@ class FileStore:
         document = await anyio.to_thread.run_sync(self._read_cached, key)
         if key not in document.credentials:
             return None
-        return decode_record(self._path, key, document.credentials[key])
+        return self._decode(key, document.credentials[key])
 
     async def put(self, key: str, token: Token) -> None:
         """See :meth:`TokenStore.put`. Overwrites a record even if it is invalid."""
-        record = encode_record(self._path, key, token)
+        record = self._codec.encode(key, token)
 
         def change(credentials: dict[str, Any]) -> tuple[None, bool]:
             credentials[key] = record
@@ -146,7 +154,7 @@ class FileStore:
 
     async def put_if_absent(self, key: str, token: Token) -> bool:
         """See :meth:`TokenStore.put_if_absent`."""
-        record = encode_record(self._path, key, token)
+        record = self._codec.encode(key, token)
 
         def change(credentials: dict[str, Any]) -> tuple[bool, bool]:
             if key in credentials:
@@ -165,12 +173,12 @@ class FileStore:
         Raises:
             StoreError: the stored record of ``key`` is invalid (it cannot be compared).
         """
-        record = encode_record(self._path, key, token)
+        record = self._codec.encode(key, token)
 
         def change(credentials: dict[str, Any]) -> tuple[bool, bool]:
             if key not in credentials:
                 return False, False
-            current = decode_record(self._path, key, credentials[key])
+            current = self._decode(key, credentials[key])
             if current == token:
                 return True, False
             if current.refresh_token != expected_refresh_token:
@@ -190,6 +198,34 @@ class FileStore:
             return True, True
 
         return await self._mutate(key, change)
+
+    async def reseal(self, keys: Sequence[str]) -> Resealed:
+        """Seal the records of ``keys`` anew with the cipher's primary key, in one write.
+
+        Records already sealed with the primary key and keys no longer stored are left alone, so
+        running it again after an interruption only does what is left; records that cannot be
+        opened are left as they are and reported. Used by ``asynctoken rekey``.
+        """
+        wanted = list(dict.fromkeys(keys))
+
+        def change(credentials: dict[str, Any]) -> tuple[Resealed, bool]:
+            rewritten, unchanged, errors = 0, 0, []
+            for key in wanted:
+                record = credentials.get(key)
+                if record is None or self._codec.is_current(record):
+                    unchanged += 1
+                    continue
+                try:
+                    credentials[key] = self._codec.encode(key, self._decode(key, record))
+                except StoreError as exc:
+                    errors.append(exc)
+                    continue
+                rewritten += 1
+            return Resealed(rewritten, unchanged, tuple(errors)), rewritten > 0
+
+        if not wanted:
+            return Resealed()
+        return await self._mutate(wanted[0], change)
 
     async def keys(self) -> AsyncIterator[str]:
         """See :meth:`TokenStore.keys`. The keys of the file as it was when iteration began."""
@@ -237,6 +273,9 @@ class FileStore:
         return f"FileStore(path={self._path!r})"
 
     # -- reading ---------------------------------------------------------------------------------
+
+    def _decode(self, key: str, record: Any) -> Token:
+        return self._codec.decode(key, record, where=f"record {key!r} in {self._path}")
 
     def _read_cached(self, key: str | None) -> Document:
         """Parse the file, or reuse the last parse while the file's stat identity is unchanged."""

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import StoreError
-from .._token import Token
 from ._file_access import NEW_FILE_MODE, access_of, give_to
 
 __all__ = [
@@ -34,8 +33,6 @@ __all__ = [
     "Document",
     "Stamp",
     "copy_aside",
-    "decode_record",
-    "encode_record",
     "is_settled",
     "read_document",
     "remove_stale_temp_files",
@@ -152,34 +149,6 @@ def _parse(raw: bytes, stamp: Stamp, path: str) -> Document:
     if not isinstance(credentials, dict):
         raise CorruptFileError("'credentials' is missing or not a JSON object", raw, stamp)
     return Document(top=top, credentials=credentials, stamp=stamp)
-
-
-def decode_record(path: str, key: str, record: Any) -> Token:
-    """Build the token stored under ``key``.
-
-    Raises:
-        StoreError: the record is not a valid token; the message names the key and the field,
-            never a value.
-    """
-    try:
-        return Token.from_dict(record)
-    except ValueError as exc:
-        raise StoreError(f"bad record in {path}: {exc}", location=path, key=key) from None
-
-
-def encode_record(path: str, key: str, token: Token) -> dict[str, Any]:
-    """The record stored for ``token``, checked to be serialisable before anything is written.
-
-    Raises:
-        StoreError: the token holds something JSON cannot represent (in ``extra``).
-    """
-    record = token.to_dict()
-    try:
-        json.dumps(record, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        message = f"token cannot be stored in {path}: {type(exc).__name__} while encoding JSON"
-        raise StoreError(message, location=path, key=key) from None
-    return record
 
 
 def write_document(path: str, top: Mapping[str, Any]) -> None:

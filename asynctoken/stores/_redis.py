@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from .._errors import ConfigurationError, StoreError, StoreLockTimeoutError
 from .._token import Token
+from ._records import Cipher, RecordCodec, Resealed, is_sealed
 
 __all__ = ["RedisStore", "redact_url"]
 
@@ -35,7 +36,8 @@ RECORD_VERSION = 1
 # KEYS[1]: credential key. ARGV[1]: new record. ARGV[2]: "1" if a refresh token is expected, "0" if
 # the stored one must be null/absent. ARGV[3]: the expected refresh token.
 # Returns 1 if stored (or already equal to the new record, so a retried call is harmless), 0 if
-# the record is missing or holds another refresh token. cjson decodes JSON null as cjson.null, a
+# the record is missing or holds another refresh token, -1 if it is sealed (the caller reads it
+# to raise the right error). cjson decodes JSON null as cjson.null, a
 # sentinel distinct from nil, so both spellings of "no refresh token" are checked.
 _REPLACE_LUA = """
 local current = redis.call('GET', KEYS[1])
@@ -45,6 +47,7 @@ local ok, record = pcall(cjson.decode, current)
 if not ok or type(record) ~= 'table' then
   return redis.error_reply('ASYNCTOKEN_BAD_RECORD the stored record is not a JSON object')
 end
+if record['sealed'] ~= nil then return -1 end
 local stored = record['refresh_token']
 if ARGV[2] == '1' then
   if type(stored) ~= 'string' or stored ~= ARGV[3] then return 0 end
@@ -54,6 +57,20 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 return 1
 """
+
+# Compare-and-swap on the whole stored value, for sealed records whose refresh token the server
+# cannot see. KEYS[1]: credential key. ARGV[1]: the value read before. ARGV[2]: the new value.
+_SWAP_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# How often a compare-and-swap on a sealed record is retried when the value changed between the
+# read and the swap (another writer of an unrelated field); each retry re-checks everything.
+_SWAP_ATTEMPTS = 10
 
 # Extend a lock's lease only if it still carries our random token.
 _RENEW_LUA = """
@@ -93,7 +110,8 @@ class RedisStore:
 
     Layout (``prefix`` defaults to ``"asynctoken:"``):
 
-    * ``{prefix}cred:{key}``: a JSON string, the fields of :meth:`Token.to_dict` plus ``"v": 1``.
+    * ``{prefix}cred:{key}``: a JSON string, the fields of :meth:`Token.to_dict` plus ``"v": 1``,
+      or with a ``cipher`` a sealed record (see :mod:`asynctoken.stores._records`).
     * ``{prefix}lock:{key}``: the refresh lock, a random token set with ``SET NX PX lock_ttl``.
 
     Every per-key call is one round trip: :meth:`get` is ``GET``, :meth:`put` ``SET``,
@@ -106,6 +124,12 @@ class RedisStore:
     A lease lost anyway (Redis failover, a renewal that could not reach Redis) is logged as a
     warning; :meth:`replace` still refuses to overwrite a newer refresh token in that case.
 
+    With a ``cipher`` (:class:`asynctoken.crypto.AESGCMCipher`), every record written is sealed
+    and the server cannot see refresh tokens: :meth:`replace` then reads the record, compares in
+    the process, and swaps with a script that writes only if the stored value is still the one
+    read (two round trips). Plain records written before are still read, and sealed on their next
+    write; a record that cannot be opened raises :class:`~asynctoken.SealedRecordError`.
+
     Connection errors, timeouts and server errors raise :class:`~asynctoken.StoreError` whose
     message and ``location`` carry the URL with the password replaced by ``***``. Nothing is
     retried blindly: a write whose outcome is unknown is reported, never assumed.
@@ -114,6 +138,7 @@ class RedisStore:
         url_or_client: a ``redis://``, ``rediss://`` or ``unix://`` URL, or a
             :class:`redis.asyncio.Redis` client. A client passed in is not closed by
             :meth:`aclose`; its own timeout and retry settings apply.
+        cipher: seals records at rest; ``None`` keeps them in plain JSON.
         prefix: prepended to every key; stores with different prefixes share nothing. Prefixes
             must not nest (``"a:"`` and ``"a:cred:"`` would see each other's keys).
         lock_ttl: seconds after which an unreleased refresh lock expires.
@@ -131,6 +156,7 @@ class RedisStore:
 
     __slots__ = (
         "_client",
+        "_codec",
         "_gate",
         "_location",
         "_lock_ttl",
@@ -142,6 +168,7 @@ class RedisStore:
         "_replace_script",
         "_scan_count",
         "_secret",
+        "_swap_script",
         "_unlock_script",
     )
 
@@ -149,6 +176,7 @@ class RedisStore:
         self,
         url_or_client: str | Redis,
         *,
+        cipher: Cipher | None = None,
         prefix: str = "asynctoken:",
         lock_ttl: float = 60.0,
         poll_interval: float = 0.05,
@@ -198,7 +226,9 @@ class RedisStore:
         self._lock_ttl = float(lock_ttl)
         self._poll_interval = float(poll_interval)
         self._scan_count = scan_count
+        self._codec = RecordCodec(cipher, self._location, header={"v": RECORD_VERSION})
         self._replace_script = self._client.register_script(_REPLACE_LUA)
+        self._swap_script = self._client.register_script(_SWAP_LUA)
         self._unlock_script = self._client.register_script(_UNLOCK_LUA)
         self._renew_script = self._client.register_script(_RENEW_LUA)
         # Lock releases that outlive a cancelled caller; awaited by aclose().
@@ -243,21 +273,91 @@ class RedisStore:
             return bool(await self._client.set(self._cred(key), data, nx=True))
 
     async def replace(self, key: str, token: Token, *, expected_refresh_token: str | None) -> bool:
-        """See :meth:`TokenStore.replace`. One Lua script, atomic in the server.
+        """See :meth:`TokenStore.replace`. One Lua script, atomic in the server; with a cipher,
+        a ``GET`` and a script that swaps only if the value is still the one read.
 
         Also returns ``True`` when the stored record already equals ``token``, so that retrying a
         replace whose reply was lost is harmless.
 
         Raises:
+            SealedRecordError: the stored record is sealed and cannot be opened.
             StoreError: the stored record is not JSON, or Redis failed (the outcome is then
                 unknown: read the record back).
         """
         data = self._encode(key, token)
+        if self._codec.cipher is not None:
+            return await self._swap(key, data, token, expected_refresh_token)
         expected = "" if expected_refresh_token is None else expected_refresh_token
         flag = "0" if expected_refresh_token is None else "1"
         async with self._guard("replace", key):
             result = await self._replace_script(keys=[self._cred(key)], args=[data, flag, expected])
+        if result == -1:  # sealed: reading it raises the precise SealedRecordError
+            await self.get(key)
+            raise self._bad_record(key, "is sealed")  # pragma: no cover - get() raised
         return bool(result)
+
+    async def reseal(self, keys: Sequence[str]) -> Resealed:
+        """Seal the records of ``keys`` anew with the cipher's primary key.
+
+        Per record: ``GET``, then (unless it is already sealed with the primary key) a script
+        that writes the re-sealed record only if the stored value is still the one read, so a
+        refresh that wrote meanwhile is never overwritten. Records that cannot be opened are
+        left as they are and reported. Used by ``asynctoken rekey``.
+        """
+        rewritten, unchanged, errors = 0, 0, []
+        for key in dict.fromkeys(keys):
+            try:
+                done = await self._reseal_one(key)
+            except StoreError as exc:
+                errors.append(exc)
+                continue
+            if done:
+                rewritten += 1
+            else:
+                unchanged += 1
+        return Resealed(rewritten, unchanged, tuple(errors))
+
+    async def _reseal_one(self, key: str) -> bool:
+        name = self._cred(key)
+        for _ in range(_SWAP_ATTEMPTS):
+            async with self._guard("GET", key):
+                raw = await self._client.get(name)
+            if raw is None:
+                return False
+            record = self._parse(key, raw)
+            if self._codec.is_current(record):
+                return False
+            data = self._encode(key, self._codec.decode(key, record, where=self._where(key)))
+            async with self._guard("reseal", key):
+                if await self._swap_script(keys=[name], args=[raw, data]):
+                    return True
+        raise StoreError(
+            f"{self._where(key)} kept changing while it was re-sealed; try again",
+            location=self._location,
+            key=key,
+        )
+
+    async def _swap(self, key: str, data: bytes, token: Token, expected: str | None) -> bool:
+        """:meth:`replace` of a record the server cannot read: read and compare here, then swap
+        if the stored value is unchanged; read again if it changed meanwhile."""
+        name = self._cred(key)
+        for _ in range(_SWAP_ATTEMPTS):
+            async with self._guard("GET", key):
+                raw = await self._client.get(name)
+            if raw is None:
+                return False
+            verdict = _decide(self._decode(key, raw), token, expected)
+            if verdict is not None:
+                return verdict
+            async with self._guard("replace", key):
+                if await self._swap_script(keys=[name], args=[raw, data]):
+                    return True
+        raise StoreError(
+            f"{self._where(key)} kept changing during a compare-and-swap; the outcome is "
+            f"unknown: read the record back",
+            location=self._location,
+            key=key,
+        )
 
     async def delete(self, key: str) -> bool:
         """See :meth:`TokenStore.delete`. One ``DEL``; the refresh lock is left to expire."""
@@ -365,15 +465,12 @@ class RedisStore:
         return self._prefix + "cred:" + key
 
     def _encode(self, key: str, token: Token) -> bytes:
-        record: dict[str, Any] = {"v": RECORD_VERSION, **token.to_dict()}
-        try:
-            text = json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-            return text.encode("utf-8")  # UnicodeEncodeError (a ValueError): unpaired surrogate
-        except (TypeError, ValueError) as exc:
-            message = f"token cannot be stored: {type(exc).__name__} while encoding JSON"
-            raise StoreError(message, location=self._location, key=key) from None
+        return self._codec.dumps(key, token).encode("ascii")
 
     def _decode(self, key: str, raw: bytes | str) -> Token:
+        return self._codec.decode(key, self._parse(key, raw), where=self._where(key))
+
+    def _parse(self, key: str, raw: bytes | str) -> dict[str, Any]:
         try:
             record = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -381,21 +478,20 @@ class RedisStore:
         if not isinstance(record, dict):
             raise self._bad_record(key, "is not a JSON object")
         version = record.get("v", RECORD_VERSION)
-        if isinstance(version, int) and not isinstance(version, bool) and version > RECORD_VERSION:
+        newest = 1 if is_sealed(record) else RECORD_VERSION
+        if isinstance(version, int) and not isinstance(version, bool) and version > newest:
             raise self._bad_record(
                 key,
                 f"was written by a newer asynctoken (record version {version}; this version "
-                f"reads {RECORD_VERSION}): upgrade asynctoken",
+                f"reads {newest}): upgrade asynctoken",
             )
-        try:
-            return Token.from_dict(record)
-        except ValueError as exc:
-            raise self._bad_record(key, f": {exc}") from None
+        return record
+
+    def _where(self, key: str) -> str:
+        return f"record {self._cred(key)!r} at {self._location}"
 
     def _bad_record(self, key: str, what: str) -> StoreError:
-        sep = "" if what.startswith(":") else " "
-        message = f"record {self._cred(key)!r} at {self._location}{sep}{what}"
-        return StoreError(message, location=self._location, key=key)
+        return StoreError(f"{self._where(key)} {what}", location=self._location, key=key)
 
     async def _try_lock(self, name: str, token: str, ttl_ms: int, key: str) -> bool:
         try:
@@ -471,6 +567,16 @@ class RedisStore:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
+
+
+def _decide(current: Token, token: Token, expected: str | None) -> bool | None:
+    """The compare of :meth:`RedisStore.replace`: ``True``/``False`` to answer at once without
+    writing, ``None`` to swap."""
+    if current == token:
+        return True
+    if current.refresh_token != expected:
+        return False
+    return None
 
 
 def _cause(exc: BaseException) -> BaseException | None:

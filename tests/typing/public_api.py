@@ -94,3 +94,20 @@ async def httpx_with_token_auth() -> int:
         async with httpx.AsyncClient(auth=auth) as client:
             response = await client.get("https://api.example.com/")
             return response.status_code
+
+
+def encrypted_stores(url: str) -> list[TokenStore]:
+    from asynctoken.crypto import AESGCMCipher, format_key, generate_key
+
+    cipher = AESGCMCipher({"2026-12": generate_key(), "2026-06": generate_key()}, primary="2026-12")
+    print(format_key("2027-06", generate_key()), AESGCMCipher.from_env().key_ids)
+    return [FileStore("tokens.json", cipher=cipher), RedisStore(url, cipher=cipher)]
+
+
+async def sealed_record_error(store: TokenStore) -> None:
+    from asynctoken import SealedRecordError
+
+    try:
+        await store.get("tenant-1")
+    except SealedRecordError as exc:
+        print(exc.key, exc.key_id, exc.location)

@@ -1,0 +1,129 @@
+"""The persisting stores, each behind one small interface, so that a test runs against all of them:
+open a store (with or without a cipher), name it for a worker process, and look at the bytes it
+keeps at rest (imported by name: tests/ is not a package)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+import redis.asyncio
+
+from asynctoken import FileStore, TokenStore
+from asynctoken.crypto import AESGCMCipher
+from asynctoken.stores import RedisStore
+from asynctoken.stores._records import Cipher
+
+PERSISTING = ("file", "redis")
+
+
+def cipher(*names: str, primary: str | None = None) -> AESGCMCipher:
+    """A cipher whose keys are derived from their names (the same name gives the same key)."""
+    names = names or ("k1",)
+    keys = {name: name.encode().ljust(32, b"#")[:32] for name in names}
+    return AESGCMCipher(keys, primary=primary or names[0])
+
+
+class Backend(Protocol):
+    """One persisting store's place: where it keeps data and how to look at it raw."""
+
+    name: str
+
+    def open(self, cipher: Cipher | None = None) -> TokenStore:
+        """A new store instance over this place."""
+        ...
+
+    def spec(self) -> str:
+        """What tests/_worker.py needs to open this store in another process."""
+        ...
+
+    def cli_args(self) -> list[str]:
+        """The ``asynctoken`` command's options that open this store."""
+        ...
+
+    async def raw_bytes(self) -> bytes:
+        """Every byte kept at rest (files, or every value)."""
+        ...
+
+    async def read_raw(self, key: str) -> bytes | None:
+        """The stored record of ``key``, as the store keeps it."""
+        ...
+
+    async def write_raw(self, key: str, raw: bytes) -> None:
+        """Put ``raw`` as the record of ``key``, behind the store's back."""
+        ...
+
+
+class FileBackend:
+    name = "file"
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / "tokens.json"
+
+    def open(self, cipher: Cipher | None = None) -> TokenStore:
+        return FileStore(self.path, cipher=cipher)
+
+    def spec(self) -> str:
+        return str(self.path)
+
+    def cli_args(self) -> list[str]:
+        return ["--store", str(self.path)]
+
+    async def raw_bytes(self) -> bytes:
+        # The token file and everything beside it (lock files, leftovers).
+        return b"".join(p.read_bytes() for p in sorted(self.path.parent.rglob("*")) if p.is_file())
+
+    async def read_raw(self, key: str) -> bytes | None:
+        credentials = json.loads(self.path.read_bytes())["credentials"]
+        return None if key not in credentials else json.dumps(credentials[key]).encode()
+
+    async def write_raw(self, key: str, raw: bytes) -> None:
+        document = json.loads(self.path.read_bytes())
+        document["credentials"][key] = json.loads(raw)
+        self.path.write_text(json.dumps(document))
+
+
+class RedisBackend:
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+
+    def open(self, cipher: Cipher | None = None) -> TokenStore:
+        return RedisStore(self.url, prefix=self.prefix, cipher=cipher)
+
+    def spec(self) -> str:
+        return f"{self.url}|{self.prefix}"
+
+    def cli_args(self) -> list[str]:
+        return ["--store", self.url, "--prefix", self.prefix]
+
+    async def raw_bytes(self) -> bytes:
+        async with redis.asyncio.Redis.from_url(self.url) as client:
+            names = [name async for name in client.scan_iter(match=self.prefix + "*")]
+            # GET, not DUMP: DUMP may compress a value, and hide what it holds.
+            values = [await client.get(name) or b"" for name in names]
+        return b"".join(values)
+
+    async def read_raw(self, key: str) -> bytes | None:
+        async with redis.asyncio.Redis.from_url(self.url) as client:
+            raw: bytes | None = await client.get(f"{self.prefix}cred:{key}")
+            return raw
+
+    async def write_raw(self, key: str, raw: bytes) -> None:
+        async with redis.asyncio.Redis.from_url(self.url) as client:
+            await client.set(f"{self.prefix}cred:{key}", raw)
+
+
+def open_backend(name: str, request: pytest.FixtureRequest) -> Backend:
+    """The persisting store ``name`` ("file", "redis"), in a place of its own for this test."""
+    if name == "file":
+        return FileBackend(request.getfixturevalue("tmp_path"))
+    if name == "redis":
+        return RedisBackend(
+            request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
+        )
+    raise ValueError(name)
