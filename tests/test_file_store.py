@@ -661,7 +661,7 @@ async def test_lock_timeout_holds_while_the_local_lock_is_handed_over(tmp_path: 
     holder_task = asyncio.create_task(holder())
     await holder_in.wait()
     waiter_task = asyncio.create_task(waiter())
-    local = store._key_locks["k"][0]
+    local = store._key_locks._local["k"][0]
     while not local._waiters:
         await asyncio.sleep(0)
     holder_may_leave.set()

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-from filelock import BaseFileLock, FileLock, Timeout
+from filelock import FileLock, Timeout
 
 from .._errors import ConfigurationError, StoreError, StoreLockTimeoutError
 from .._token import Token
-from ._file_access import NEW_DIRECTORY_MODE, NEW_FILE_MODE, Access, access_of, adopt
+from ._file_access import NEW_DIRECTORY_MODE, NEW_FILE_MODE, adopt
 from ._file_format import (
     CorruptFileError,
     Document,
@@ -28,6 +26,7 @@ from ._file_format import (
     stamp_of,
     write_document,
 )
+from ._key_locks import KeyLocks, make_directories, shared_access
 from ._records import Cipher, RecordCodec, Resealed
 
 __all__ = ["FileStore"]
@@ -35,9 +34,6 @@ __all__ = ["FileStore"]
 _R = TypeVar("_R")
 
 _WRITE_LOCK_POLL = 0.002
-
-# Attempts abandoned by a cancelled waiter, kept alive until their thread returns (see _attempt).
-_ABANDONED: set[asyncio.Future[BaseFileLock | None]] = set()
 
 
 class FileStore:
@@ -95,7 +91,6 @@ class FileStore:
         "_key_locks",
         "_lock_path",
         "_lock_timeout",
-        "_locks_dir",
         "_path",
         "_poll_interval",
         "_swept",
@@ -115,14 +110,13 @@ class FileStore:
             raise ConfigurationError(f"poll_interval must be positive, not {poll_interval!r}")
         self._path = os.path.realpath(os.fspath(path))
         self._lock_path = self._path + ".lock"
-        self._locks_dir = self._path + ".locks"
         self._codec = RecordCodec(cipher, self._path)
         self._lock_timeout = float(lock_timeout)
         self._poll_interval = float(poll_interval)
         # The last parsed version of the file, reused while its stat identity is unchanged.
         self._cache: Document | None = None
         self._corrupt_copies: dict[Stamp, str] = {}
-        self._key_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._key_locks = KeyLocks(self._path, self._poll_interval)
         self._swept = False
 
     @property
@@ -233,37 +227,13 @@ class FileStore:
         for key in list(document.credentials):
             yield key
 
-    @asynccontextmanager
-    async def lock(self, key: str, *, timeout: float) -> AsyncIterator[None]:
-        """See :meth:`TokenStore.lock`.
-
-        Tasks of this process queue on an :class:`asyncio.Lock` per key, so only one of them at a
-        time polls the OS lock that excludes other processes. Not reentrant.
+    def lock(self, key: str, *, timeout: float) -> AbstractAsyncContextManager[None]:
+        """See :meth:`TokenStore.lock`: OS file locks per key (see :mod:`._key_locks`).
 
         Raises:
             StoreLockTimeoutError: not acquired within ``timeout`` seconds (names the path and key).
         """
-        deadline = asyncio.get_running_loop().time() + timeout
-        local, users = self._key_locks.get(key) or (asyncio.Lock(), 0)
-        self._key_locks[key] = (local, users + 1)
-        try:
-            await self._acquire_local(local, key, timeout, deadline)
-            try:
-                file_lock = await self._acquire_file(key, timeout, deadline)
-                try:
-                    yield
-                finally:
-                    # flock(LOCK_UN) and close() do not block; releasing here, without an await,
-                    # means a cancellation cannot skip it.
-                    file_lock.release()
-            finally:
-                local.release()
-        finally:
-            local, users = self._key_locks[key]
-            if users == 1:
-                del self._key_locks[key]
-            else:
-                self._key_locks[key] = (local, users - 1)
+        return self._key_locks.hold(key, timeout)
 
     async def aclose(self) -> None:
         """Forget the cached file content; the store holds no open files between calls."""
@@ -327,8 +297,8 @@ class FileStore:
 
     def _mutate_sync(self, key: str, change: Callable[[dict[str, Any]], tuple[_R, bool]]) -> _R:
         """Read-modify-write under the store-wide lock; ``change`` says what to write, and if."""
-        self._make_directory(os.path.dirname(self._path), NEW_DIRECTORY_MODE)
-        access = _shared_access(self._path)
+        make_directories(os.path.dirname(self._path), NEW_DIRECTORY_MODE, self._path)
+        access = shared_access(self._path)
         mode = NEW_FILE_MODE if access is None else access.lock_file_mode
         write_lock = FileLock(self._lock_path, mode=mode, thread_local=False)
         try:
@@ -359,105 +329,3 @@ class FileStore:
             return result
         finally:
             write_lock.release()
-
-    def _make_directory(self, directory: str, mode: int) -> None:
-        """Create ``directory`` and its missing parents with ``mode``."""
-        missing: list[str] = []
-        while directory and not os.path.isdir(directory):
-            missing.append(directory)
-            parent = os.path.dirname(directory)
-            if parent == directory:
-                break
-            directory = parent
-        for path in reversed(missing):
-            try:
-                os.mkdir(path, mode)
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                message = f"cannot create directory {path}: {exc.strerror}"
-                raise StoreError(message, location=self._path) from exc
-
-    # -- refresh locks ---------------------------------------------------------------------------
-
-    async def _acquire_local(
-        self, local: asyncio.Lock, key: str, timeout: float, deadline: float
-    ) -> None:
-        # Always under the deadline: a lock that reports itself free may still be promised to
-        # a waiter that was woken but has not run yet, and then acquire() queues behind it.
-        acquired = False
-        with anyio.move_on_after(deadline - asyncio.get_running_loop().time()):
-            await local.acquire()
-            acquired = True
-        if not acquired:
-            raise self._lock_timeout_error(key, timeout, "another task of this process")
-
-    async def _acquire_file(self, key: str, timeout: float, deadline: float) -> BaseFileLock:
-        name = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        lock_path = os.path.join(self._locks_dir, f"{name}.lock")
-        loop = asyncio.get_running_loop()
-        while (file_lock := await self._attempt(lock_path)) is None:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                holder = f"another process (lock file {lock_path})"
-                raise self._lock_timeout_error(key, timeout, holder)
-            await anyio.sleep(min(self._poll_interval, remaining))
-        return file_lock
-
-    async def _attempt(self, lock_path: str) -> BaseFileLock | None:
-        """One non-blocking try at the lock file ``lock_path``, made in a worker thread.
-
-        A cancelled waiter must not leak the lock: the thread cannot be interrupted, so if it wins
-        after the waiter is gone, the lock is released as soon as the thread returns.
-        """
-        attempt = asyncio.ensure_future(anyio.to_thread.run_sync(self._try_lock, lock_path))
-        try:
-            return await asyncio.shield(attempt)
-        except asyncio.CancelledError:
-            _ABANDONED.add(attempt)
-            attempt.add_done_callback(_release_if_won)
-            raise
-
-    def _try_lock(self, lock_path: str) -> BaseFileLock | None:
-        access = _shared_access(self._path)
-        if access is None:
-            self._make_directory(self._locks_dir, NEW_DIRECTORY_MODE)
-            mode = NEW_FILE_MODE
-        else:
-            self._make_directory(self._locks_dir, access.lock_directory_mode)
-            adopt(self._locks_dir, access, access.lock_directory_mode)
-            mode = access.lock_file_mode
-        file_lock = FileLock(lock_path, mode=mode, thread_local=False)
-        try:
-            file_lock.acquire(timeout=0)
-        except Timeout:
-            return None
-        except OSError as exc:
-            message = f"cannot lock {lock_path}: {exc.strerror or exc}"
-            raise StoreError(message, location=self._path) from exc
-        if access is not None:
-            adopt(lock_path, access, mode)
-        return file_lock
-
-    def _lock_timeout_error(self, key: str, timeout: float, holder: str) -> StoreLockTimeoutError:
-        return StoreLockTimeoutError(
-            f"refresh lock of {self._path} not acquired within {timeout:g} s: held by {holder}",
-            location=self._path,
-            key=key,
-        )
-
-
-def _shared_access(path: str) -> Access | None:
-    """The token file's access, when lock files must follow it (not this process's own 0600)."""
-    access = access_of(path)
-    if access is None or access.is_private_to_this_process:
-        return None
-    return access
-
-
-def _release_if_won(attempt: asyncio.Future[BaseFileLock | None]) -> None:
-    _ABANDONED.discard(attempt)
-    if not attempt.cancelled() and attempt.exception() is None:
-        file_lock = attempt.result()
-        if file_lock is not None:
-            file_lock.release()
