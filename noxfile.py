@@ -10,8 +10,8 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the whole test suite, Redis and multi-process tests included."""
-    session.install("-e", ".[redis,test]")
+    """Run the whole test suite, Redis, multi-process and OpenID provider tests included."""
+    session.install("-e", ".[redis,test,jwt]")
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
 
 
@@ -42,7 +42,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict over the package and the public-API typing checks."""
-    session.install("-e", ".[redis,test]", "mypy==2.4.1", "types-cachetools==7.0.0.20260713")
+    session.install("-e", ".[redis,test,jwt]", "mypy==2.4.1", "types-cachetools==7.0.0.20260713")
     session.run("mypy", "--strict")
 
 

@@ -89,6 +89,10 @@ class Token:
         issued_at: unix epoch seconds at which the token request was sent, or ``None``.
         provider: the name of the provider that issued it (``"keliweb"``, ``"erpeasy"``,
             ``"oauth2"``), informational.
+        dpop_key: for a DPoP-bound token (``token_type`` ``"DPoP"``), the private key it is
+            bound to, as JWK JSON text (see :class:`~asynctoken.DPoPKey`); ``None`` otherwise.
+            A secret: stored with the credential (sealed when the store has a cipher) so that
+            every process proves possession with the same key; masked in ``repr``.
     """
 
     access_token: str
@@ -99,6 +103,7 @@ class Token:
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     issued_at: float | None = None
     provider: str | None = None
+    dpop_key: str | None = None
 
     @property
     def authorization(self) -> str:
@@ -118,8 +123,11 @@ class Token:
         return dataclasses.replace(self, refresh_token=refresh_token)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict; the inverse of :meth:`from_dict`."""
-        return {
+        """A JSON-serialisable dict; the inverse of :meth:`from_dict`.
+
+        ``dpop_key`` is only present when set, so records of unbound tokens are unchanged.
+        """
+        data = {
             "access_token": self.access_token,
             "token_type": self.token_type,
             "expires_at": self.expires_at,
@@ -129,6 +137,9 @@ class Token:
             "issued_at": self.issued_at,
             "provider": self.provider,
         }
+        if self.dpop_key is not None:
+            data["dpop_key"] = self.dpop_key
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Token:
@@ -155,7 +166,7 @@ class Token:
         token_type = data.get("token_type", "Bearer")
         if not isinstance(token_type, str):
             raise ValueError("token record: 'token_type' is not a string")
-        for name in ("refresh_token", "scope", "provider"):
+        for name in ("refresh_token", "scope", "provider", "dpop_key"):
             value = data.get(name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"token record: {name!r} is not a string")
@@ -176,6 +187,7 @@ class Token:
             extra=dict(extra),
             issued_at=None if issued_at is None else float(issued_at),
             provider=data.get("provider"),
+            dpop_key=data.get("dpop_key"),
         )
 
     def __repr__(self) -> str:
@@ -183,7 +195,7 @@ class Token:
             f"Token(access_token={mask(self.access_token)!r}, token_type={self.token_type!r}, "
             f"expires_at={self.expires_at!r}, refresh_token={mask(self.refresh_token)!r}, "
             f"scope={self.scope!r}, extra_keys={sorted(self.extra)!r}, "
-            f"provider={self.provider!r})"
+            f"provider={self.provider!r}{', dpop_key=…' if self.dpop_key else ''})"
         )
 
     __str__ = __repr__

@@ -1,10 +1,11 @@
 """Shared fixtures: a fake token server per test, a real redis-server for the whole session, a
-fresh Redis key prefix per test."""
+fresh Redis key prefix per test, a real OpenID provider (npm oidc-provider) for the session."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import pytest_asyncio
@@ -15,6 +16,9 @@ from backends import PERSISTING, Backend, open_backend
 from redis_server import RedisServer
 
 from asynctoken.testing import FakeOAuthServer
+
+if TYPE_CHECKING:
+    from oidc_server import OIDCServer
 
 
 @pytest_asyncio.fixture
@@ -80,3 +84,22 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 def backend(request: pytest.FixtureRequest) -> Backend:
     """Each persisting store in turn (see tests/backends.py)."""
     return open_backend(request.param, request)
+
+
+@pytest.fixture(scope="session")
+def oidc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OIDCServer]:
+    """A certified OpenID provider (npm ``oidc-provider``, pinned in tests/oidc/) on loopback.
+
+    Installed with ``npm ci`` into a cache on first use; never skipped: without node/npm the
+    tests fail and say what is missing. See tests/oidc_server.py for its clients and endpoints.
+    """
+    # Imported here: it needs the ``jwt`` extra, which sessions that never use it lack.
+    from oidc_server import ClientKeys, OIDCServer
+
+    directory = tmp_path_factory.mktemp("oidc")
+    server = OIDCServer(directory, ClientKeys.generate(directory / "keys"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

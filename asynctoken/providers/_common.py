@@ -133,7 +133,12 @@ class BaseTokenProvider:
         )
 
     async def fetch_token(
-        self, session: aiohttp.ClientSession, *, refresh_token: str | None, issued_at: float
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        refresh_token: str | None,
+        issued_at: float,
+        current: Token | None = None,
     ) -> Token:
         """Make exactly one token request and return the new token.
 
@@ -145,6 +150,8 @@ class BaseTokenProvider:
                 means the primary grant (password or client credentials).
             issued_at: unix time at which the request is sent; ``expires_at`` of the result is
                 ``issued_at + expires_in``.
+            current: the credential's stored token, if any (unused here; providers that keep
+                state with the credential, such as a DPoP key, read it).
 
         Returns:
             The new token; its ``refresh_token`` is ``None`` when the answer carried none.

@@ -7,6 +7,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -57,6 +58,8 @@ class TokenRequest:
         form: the ``application/x-www-form-urlencoded`` body fields.
         secrets: the secret values this request carries (client secret, password, refresh token,
             encoded ``Authorization``), redacted from any error message built from the answer.
+        ssl_context: the TLS context to connect with (mutual TLS: it presents the client
+            certificate); ``None`` means aiohttp's default verification.
     """
 
     url: str
@@ -64,6 +67,7 @@ class TokenRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     form: Mapping[str, str] = field(default_factory=dict)
     secrets: tuple[str, ...] = ()
+    ssl_context: ssl.SSLContext | None = None
 
     def __repr__(self) -> str:
         # Names only: every value of interest here is a credential.
@@ -264,6 +268,7 @@ async def send_token_request(
             raise_for_status=False,
             timeout=aiohttp.ClientTimeout(total=timeout),
             middlewares=(),
+            ssl=True if request.ssl_context is None else request.ssl_context,
         ) as resp:
             body = await _read_limited(resp.content, max_response_bytes)
             return RawResponse(
