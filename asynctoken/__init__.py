@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._clock import Clock, SystemClock
+from ._dpop import DPoPKey
 from ._errors import (
     ConfigurationError,
     CredentialNotFoundError,
@@ -43,6 +44,7 @@ __all__ = [
     "Clock",
     "ConfigurationError",
     "CredentialNotFoundError",
+    "DPoPKey",
     "ERPeasyProvider",
     "FileStore",
     "InvalidClientError",

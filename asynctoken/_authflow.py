@@ -7,8 +7,11 @@ request and a response. What they decide is decided here, so that the rules cann
 * which origins the token may go to (:meth:`AuthRules.covers`): the ``origins`` given, else the
   origin of the first request; plain ``http`` to another machine is refused;
 * which headers authorize one request (:meth:`AuthRules.headers`): a function of the token, the
-  method and the URL, so that a scheme with a per-request proof fits the same seam;
-* whether a 401 is one that another token can fix (:meth:`AuthRules.verdict`);
+  method and the URL: ``Authorization: Bearer`` built once per token, or for a DPoP-bound token
+  (RFC 9449) ``Authorization: DPoP`` plus a new proof per request (``htm``, ``htu``, ``iat``,
+  ``jti``, ``ath``, and the server's last ``DPoP-Nonce``);
+* whether a 401 is one that another token can fix (:meth:`AuthRules.verdict`), or one that the
+  same DPoP token fixes with the nonce the resource server just sent (``use_dpop_nonce``);
 * which token to send the request again with, once (:func:`token_for_retry`,
   :func:`token_for_retry_sync`), given whether the transport can send the body again (only the
   transport knows that: aiohttp marks consumed payloads, httpx streams are one-shot, ...).
@@ -20,14 +23,16 @@ An adapter's flow, in any client library::
     token = get_token(key)
     request.headers.update(rules.headers(token, request.method, request.url))
     response = send(request)
-    if response.status != 401 or rules.verdict(www_authenticate(response)) is Verdict.KEEP:
+    verdict = rules.verdict(www_authenticate(response), dpop_nonce=..., url=request.url)
+    if response.status != 401 or verdict is Verdict.KEEP:
         return response
-    fresh = token_for_retry(manager, rules, token, replayable=..., ...)
+    fresh = token_for_retry(manager, rules, token, verdict=verdict, replayable=..., ...)
     if fresh is None:
         return response                      # untouched and readable
     release(response)
     request.headers.update(rules.headers(fresh, request.method, request.url))
     return send(request)                     # once; a 401 to it is returned as is
+                                             # (after a nonce retry: judged once more)
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from ._token import Token
 from .providers._http import is_loopback_host
 
 if TYPE_CHECKING:
+    from ._dpop import DPoPKey, DPoPNonces
     from ._manager import TokenManager
 
 __all__ = [
@@ -72,6 +78,7 @@ _CLEAR_TEXT_SCHEMES: Final = frozenset({"http", "ws"})
 # leading separator keeps ``error_description=`` and ``error_uri=`` from matching.
 _ERROR_PARAM: Final = re.compile(r'(?:^|[\s,])error\s*=\s*(?:"([^"]*)"|([^\s,]+))', re.IGNORECASE)
 _BEARER: Final = re.compile(r"(?:^|,)\s*bearer(?:\s|,|$)", re.IGNORECASE)
+_DPOP: Final = re.compile(r"(?:^|,)\s*dpop(?:\s|,|$)", re.IGNORECASE)
 
 
 class SyncManager(Protocol):
@@ -94,6 +101,9 @@ class Verdict(enum.Enum):
     KEEP = "keep"
     #: The token itself was refused: drop it, and send the request once more with the next.
     NEW_TOKEN = "new token"
+    #: A DPoP resource server wants a nonce it just sent (``use_dpop_nonce``): send the request
+    #: once more with the same token and a proof carrying the nonce.
+    NONCE = "nonce"
 
 
 class AuthRules:
@@ -117,6 +127,8 @@ class AuthRules:
 
     __slots__ = (
         "_cached",
+        "_dpop_key",
+        "_nonces",
         "_origins",
         "_pin_lock",
         "allow_insecure_http",
@@ -153,6 +165,9 @@ class AuthRules:
         # The last token and its headers, as ONE attribute: a thread reading it never sees the
         # headers of one token paired with another.
         self._cached: tuple[Token | None, Mapping[str, str]] = (None, {})
+        # DPoP: the last token's parsed key (JWK text, key), and the resource servers' nonces.
+        self._dpop_key: tuple[str, DPoPKey] | None = None
+        self._nonces: DPoPNonces | None = None
 
     @property
     def origins(self) -> frozenset[Origin] | None:
@@ -182,10 +197,14 @@ class AuthRules:
     def headers(self, token: Token, method: str, url: object) -> Mapping[str, str]:
         """The headers that authorize one request with ``token``; set them all on the request.
 
-        For a bearer token that is ``Authorization`` alone, built once per token. ``method``
-        and ``url`` (anything whose ``str()`` is the absolute URL) are there for schemes that
-        add a per-request proof. The mapping returned must not be modified.
+        For a bearer token that is ``Authorization`` alone, built once per token. For a token
+        bound to a DPoP key (:attr:`Token.dpop_key`) it is ``Authorization: DPoP …`` and a new
+        ``DPoP`` proof for this ``method`` and ``url`` (anything whose ``str()`` is the absolute
+        URL; query and fragment are left out of the proof), with the last nonce this origin
+        sent. The mapping returned must not be modified.
         """
+        if token.dpop_key is not None:
+            return self._dpop_headers(token, token.dpop_key, method, url)
         cached = self._cached
         if cached[0] is token:
             return cached[1]
@@ -193,9 +212,49 @@ class AuthRules:
         self._cached = (token, headers)
         return headers
 
-    def verdict(self, challenges: Iterable[str]) -> Verdict:
+    def _dpop_headers(self, token: Token, jwk: str, method: str, url: object) -> dict[str, str]:
+        cached = self._dpop_key
+        if cached is not None and cached[0] == jwk:
+            key = cached[1]
+        else:
+            from ._dpop import DPoPKey
+
+            key = DPoPKey.from_jwk(jwk)
+            self._dpop_key = (jwk, key)
+        target = str(url)
+        nonce = None if self._nonces is None else self._nonces.get(target)
+        proof = key.proof(method, target, access_token=token.access_token, nonce=nonce)
+        return {"Authorization": token.authorization, "DPoP": proof}
+
+    def observe_nonce(self, url: object, nonce: str | None) -> bool:
+        """Remember a ``DPoP-Nonce`` response header of ``url``'s server for later proofs.
+
+        Returns:
+            Whether it is a new nonce for that server.
+        """
+        if not nonce:
+            return False
+        nonces = self._nonces
+        if nonces is None:
+            from ._dpop import DPoPNonces
+
+            nonces = self._nonces = DPoPNonces()
+        return nonces.update(str(url), nonce)
+
+    def verdict(
+        self,
+        challenges: Iterable[str],
+        *,
+        dpop_nonce: str | None = None,
+        url: object = None,
+    ) -> Verdict:
         """What a 401 with these ``WWW-Authenticate`` values calls for.
 
+        * ``DPoP error="use_dpop_nonce"`` with a ``DPoP-Nonce`` (``dpop_nonce``, the response
+          header of the request to ``url``): :attr:`Verdict.NONCE`; the nonce is used in the
+          next proofs to that origin. Adapters retry a request once for a nonce.
+        * ``DPoP error="invalid_token"``: a new token; another DPoP error (a proof the server
+          did not like): nothing, a new token would not change that.
         * ``Bearer error="invalid_token"``: a new token (RFC 6750).
         * A Bearer challenge naming another error (``insufficient_scope``, ...): nothing; a new
           token would be refused the same way.
@@ -203,6 +262,8 @@ class AuthRules:
           challenge): a new token, unless ``require_invalid_token``.
         """
         for challenge in challenges:
+            if _DPOP.search(challenge):
+                return self._dpop_verdict(challenge, dpop_nonce, url)
             if not _BEARER.search(challenge):
                 continue
             match = _ERROR_PARAM.search(challenge)
@@ -210,6 +271,20 @@ class AuthRules:
                 error = match.group(1) if match.group(1) is not None else match.group(2)
                 return Verdict.NEW_TOKEN if error.lower() == "invalid_token" else Verdict.KEEP
         return Verdict.KEEP if self.require_invalid_token else Verdict.NEW_TOKEN
+
+    def _dpop_verdict(self, challenge: str, nonce: str | None, url: object) -> Verdict:
+        match = _ERROR_PARAM.search(challenge)
+        if match is None:
+            return Verdict.KEEP if self.require_invalid_token else Verdict.NEW_TOKEN
+        error = (match.group(1) if match.group(1) is not None else match.group(2)).lower()
+        if error == "use_dpop_nonce":
+            # Retried even when another request already brought this nonce: this one was sent
+            # before it arrived. Adapters retry a request once for a nonce, so it stays bounded.
+            if url is None or not nonce:
+                return Verdict.KEEP
+            self.observe_nonce(url, nonce)
+            return Verdict.NONCE
+        return Verdict.NEW_TOKEN if error == "invalid_token" else Verdict.KEEP
 
     def describe(self) -> str:
         """The options, for the adapter's ``repr`` (never a token)."""
@@ -263,8 +338,12 @@ async def token_for_retry(
     method: str,
     url: object,
     body: str,
+    verdict: Verdict = Verdict.NEW_TOKEN,
 ) -> Token | None:
     """After a 401 with :attr:`Verdict.NEW_TOKEN`: the token to send the request again with.
+
+    With :attr:`Verdict.NONCE` it is ``token`` itself (nothing is dropped: the resource server
+    only wants a proof with its nonce), or ``None`` if the body cannot be sent again.
 
     ``token`` (the one the request carried) is dropped in every case if it is still the
     current one, so the next request gets another; the next token comes from
@@ -276,6 +355,11 @@ async def token_for_retry(
     Raises:
         TokenError: no token could be had for the key.
     """
+    if verdict is Verdict.NONCE:
+        if not replayable:
+            warn_not_replayable(rules, method, url, body)
+            return None
+        return token
     if not replayable:
         # Only dropped: the caller gets its 401 now, the next request waits for the refresh.
         await manager.invalidate(rules.key, token)
@@ -293,12 +377,18 @@ def token_for_retry_sync(
     method: str,
     url: object,
     body: str,
+    verdict: Verdict = Verdict.NEW_TOKEN,
 ) -> Token | None:
     """:func:`token_for_retry` for a synchronous manager.
 
     With a body that cannot be sent again the rejected token is replaced right away (the sync
     manager offers ``token_rejected`` only); the 401 is still returned without a retry.
     """
+    if verdict is Verdict.NONCE:
+        if not replayable:
+            warn_not_replayable(rules, method, url, body)
+            return None
+        return token
     fresh = manager.token_rejected(rules.key, token)
     if not replayable:
         warn_not_replayable(rules, method, url, body)

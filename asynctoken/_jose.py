@@ -62,7 +62,10 @@ def _registry() -> Any:
 
     class _Registry(JWSRegistry):
         """Exactly the algorithms asynctoken chose (``EdDSA`` is only ever an Ed25519 key here,
-        which is what RFC 9864's deprecation of the polymorphic name is about)."""
+        which is what RFC 9864's deprecation of the polymorphic name is about). A DPoP header
+        carries the public key: an RSA one is longer than joserfc's default header limit."""
+
+        max_header_length = 4096
 
         def get_alg(self, name: str) -> Any:
             if self.allowed is None or name not in self.allowed:
@@ -120,10 +123,12 @@ def import_private_key(key: object, alg: str, what: str = "private_key") -> Asym
     if alg not in ASYMMETRIC_ALGS:
         raise ConfigurationError(f"signing_alg must be one of {', '.join(ASYMMETRIC_ALGS)}")
     native: Any
-    if (isinstance(key, str) and key.lstrip().startswith("{")) or (
-        isinstance(key, bytes) and key.lstrip().startswith(b"{")
-    ):
-        key = json.loads(key)
+    text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+    if isinstance(text, str) and text.lstrip().startswith("{"):
+        try:
+            key = json.loads(text)
+        except ValueError:
+            raise ConfigurationError(f"{what} is not valid JWK JSON") from None
     if isinstance(key, Mapping):
         native = _from_jwk(key, what)
     elif isinstance(key, (str, bytes)):

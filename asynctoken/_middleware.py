@@ -149,8 +149,10 @@ class TokenMiddleware:
         request.headers.update(rules.headers(token, request.method, url))
         response = await handler(request)
         if response.status != 401:
+            if token.dpop_key is not None:  # a DPoP server may hand out its next nonce anytime
+                rules.observe_nonce(url, response.headers.get("DPoP-Nonce"))
             return response
-        return await self._retry(request, handler, response, token)
+        return await self._retry(request, handler, response, token, nonce_retry=True)
 
     async def _retry(
         self,
@@ -158,14 +160,23 @@ class TokenMiddleware:
         handler: ClientHandlerType,
         response: aiohttp.ClientResponse,
         token: Token,
+        *,
+        nonce_retry: bool,
     ) -> aiohttp.ClientResponse:
         """The 401 path: invalidate the token this request sent and send it once more.
 
-        Nothing is released before the retry is certain: a 401 that is not retried reaches the
-        caller untouched, its body still readable.
+        A DPoP resource server's ``use_dpop_nonce`` is answered first, once, with the same token
+        and its nonce; a 401 to that is judged like any other. Nothing is released before a
+        retry is certain: a 401 that is not retried reaches the caller untouched, its body still
+        readable.
         """
         rules = self._rules
-        if rules.verdict(response.headers.getall(hdrs.WWW_AUTHENTICATE, ())) is Verdict.KEEP:
+        verdict = rules.verdict(
+            response.headers.getall(hdrs.WWW_AUTHENTICATE, ()),
+            dpop_nonce=response.headers.get("DPoP-Nonce"),
+            url=request.url,
+        )
+        if verdict is Verdict.KEEP or (verdict is Verdict.NONCE and not nonce_retry):
             return response
         try:
             fresh = await token_for_retry(
@@ -176,6 +187,7 @@ class TokenMiddleware:
                 method=request.method,
                 url=request.url,
                 body=type(request.body).__name__,
+                verdict=verdict,
             )
         except BaseException:
             response.release()
@@ -192,7 +204,12 @@ class TokenMiddleware:
         # Let the cancelled body writer settle before the body is written again.
         await response.wait_for_close()
         request.headers.update(rules.headers(fresh, request.method, request.url))
-        return await handler(request)
+        if verdict is not Verdict.NONCE:
+            return await handler(request)
+        response = await handler(request)
+        if response.status != 401:
+            return response
+        return await self._retry(request, handler, response, fresh, nonce_retry=False)
 
     def __repr__(self) -> str:
         return f"TokenMiddleware({self._rules.describe()})"

@@ -209,11 +209,16 @@ class ClientKeys:
         signing_jwk: dict[str, Any] = ECKey.import_key(signing).as_dict(private=True)
         signing_jwk.update(kid="op-signing", use="sig", alg="ES256")
         pem = serialization.Encoding.PEM
+        rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        ec_key = ec.generate_private_key(ec.SECP256R1())
+        ed_key = ed25519.Ed25519PrivateKey.generate()
+        for name, key in (("rsa", rsa_key), ("ec", ec_key), ("ed25519", ed_key)):
+            write(f"{name}-key.pem", _pem(key))  # for worker processes
         return cls(
             directory=directory,
-            rsa=rsa.generate_private_key(public_exponent=65537, key_size=2048),
-            ec=ec.generate_private_key(ec.SECP256R1()),
-            ed25519=ed25519.Ed25519PrivateKey.generate(),
+            rsa=rsa_key,
+            ec=ec_key,
+            ed25519=ed_key,
             ca=write("ca.pem", ca_cert.public_bytes(pem)),
             server_cert=write("server.pem", server_cert.public_bytes(pem)),
             server_key=write("server-key.pem", _pem(server_key)),
@@ -280,6 +285,7 @@ def fixture_clients(keys: ClientKeys) -> list[dict[str, Any]]:
         _client("secret-jwt-dpop", "client_secret_jwt", **dpop),
         _client("key-jwt-dpop", "private_key_jwt", jwks=jwks, **dpop),
         _client("key-jwt-dpop-nonce", "private_key_jwt", jwks=jwks, **dpop),
+        # One required proof of possession per client: this one's tokens are DPoP-bound.
         _client("tls-dpop", "tls_client_auth", tls_client_auth_subject_dn=CLIENT_DN, **dpop),
     ]
 
@@ -385,6 +391,11 @@ class OIDCServer:
         answer: Mapping[str, dict[str, int]] = self._call("/__test/stats", None)
         return dict(answer.get(client_id, {}))
 
+    def token_times(self, client_id: str) -> list[float]:
+        """Unix times of the successful token requests of ``client_id``."""
+        answer: Mapping[str, list[float]] = self._call("/__test/times", None)
+        return list(answer.get(client_id, []))
+
     def _call(self, path: str, body: dict[str, Any] | None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
@@ -396,7 +407,7 @@ class OIDCServer:
     def stop(self) -> None:
         """Stop the node process (closing its stdin, then SIGTERM, then SIGKILL)."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
         if process.stdin is not None:
             process.stdin.close()

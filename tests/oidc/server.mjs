@@ -11,6 +11,7 @@
 //   POST /__test/seed    {"client_id": ...} -> {"refresh_token": ...}: a grant and a refresh
 //                        token for that client, as an authorization-code flow would leave them.
 //   GET  /__test/stats   counts per client: token requests (by outcome) and resource calls.
+//   GET  /__test/times   per client, the unix times of the successful token requests.
 //   GET|POST /resource   a protected resource: verifies the access token, and for bound tokens
 //                        the DPoP proof (typ, signature, htm, htu, iat, jti, ath, jkt) or the
 //                        client certificate (x5t#S256).
@@ -28,6 +29,7 @@ const DPOP_ALGS = ['ES256', 'PS256', 'RS256', 'EdDSA'];
 const PROOF_WINDOW = 60; // seconds a proof's iat may differ from the clock
 
 const stats = {};
+const times = {}; // client id -> unix times of successful token requests
 function count(clientId, name) {
   const entry = stats[clientId ?? '-'] ??= {};
   entry[name] = (entry[name] ?? 0) + 1;
@@ -237,7 +239,11 @@ const provider = new Provider(issuer, {
   },
 });
 
-provider.on('grant.success', (ctx) => count(ctx.oidc.client?.clientId, 'token_ok'));
+provider.on('grant.success', (ctx) => {
+  const clientId = ctx.oidc.client?.clientId;
+  count(clientId, 'token_ok');
+  (times[clientId] ??= []).push(Date.now() / 1000);
+});
 provider.on('grant.error', (ctx, err) => {
   count(ctx.oidc.client?.clientId, `token_${err.error ?? 'error'}`);
   if (process.env.OIDC_DEBUG) console.error('grant.error', err.error, err.error_description, err.cause);
@@ -248,6 +254,10 @@ provider.use(async (ctx, next) => {
   if (ctx.path === '/__test/seed' && ctx.method === 'POST') return seed(provider, ctx);
   if (ctx.path === '/__test/stats') {
     ctx.body = stats;
+    return undefined;
+  }
+  if (ctx.path === '/__test/times') {
+    ctx.body = times;
     return undefined;
   }
   return next();
