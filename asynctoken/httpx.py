@@ -20,6 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 
 from ._authflow import AuthRules, SyncManager, Verdict, token_for_retry, token_for_retry_sync
 from ._errors import ConfigurationError
+from ._token import Token
 
 if TYPE_CHECKING:
     from ._manager import TokenManager
@@ -155,7 +156,24 @@ class TokenAuth(httpx.Auth):
         token = await manager.get_token(rules.key)
         _authorize(request, rules.headers(token, request.method, url))
         response = yield request
-        if not self._token_rejected(response):
+        verdict = self._verdict(response, token, nonce_retry=True)
+        if verdict is Verdict.NONCE:  # a DPoP resource server wants its nonce in the proof
+            again = await token_for_retry(
+                manager,
+                rules,
+                token,
+                replayable=_replayable(request),
+                method=request.method,
+                url=url,
+                body=type(request.stream).__name__,
+                verdict=verdict,
+            )
+            if again is None:
+                return
+            _authorize(request, rules.headers(again, request.method, url))
+            response = yield request
+            verdict = self._verdict(response, token, nonce_retry=False)
+        if verdict is not Verdict.NEW_TOKEN:
             return
         fresh = await token_for_retry(
             manager,
@@ -194,7 +212,24 @@ class TokenAuth(httpx.Auth):
         token = manager.get_token(rules.key)
         _authorize(request, rules.headers(token, request.method, url))
         response = yield request
-        if not self._token_rejected(response):
+        verdict = self._verdict(response, token, nonce_retry=True)
+        if verdict is Verdict.NONCE:  # a DPoP resource server wants its nonce in the proof
+            again = token_for_retry_sync(
+                manager,
+                rules,
+                token,
+                replayable=_replayable(request),
+                method=request.method,
+                url=url,
+                body=type(request.stream).__name__,
+                verdict=verdict,
+            )
+            if again is None:
+                return
+            _authorize(request, rules.headers(again, request.method, url))
+            response = yield request
+            verdict = self._verdict(response, token, nonce_retry=False)
+        if verdict is not Verdict.NEW_TOKEN:
             return
         fresh = token_for_retry_sync(
             manager,
@@ -209,16 +244,24 @@ class TokenAuth(httpx.Auth):
             _authorize(request, rules.headers(fresh, request.method, url))
             yield request
 
-    def _token_rejected(self, response: httpx.Response) -> bool:
-        """A 401 from an origin the token went to, that another token can fix."""
-        if response.status_code != 401:
-            return False
+    def _verdict(self, response: httpx.Response, token: Token, *, nonce_retry: bool) -> Verdict:
+        """What the answer calls for: :attr:`Verdict.NEW_TOKEN` for a 401 from an origin the
+        token went to that another token can fix; :attr:`Verdict.NONCE` (only when
+        ``nonce_retry``) for a DPoP resource server's ``use_dpop_nonce``; else KEEP."""
         # After redirects, the answer may come from an origin that never saw the token.
         url = response.request.url
         if not self._rules.covers(url.scheme, url.raw_host.decode("ascii"), url.port):
-            return False
+            return Verdict.KEEP
+        nonce = response.headers.get("dpop-nonce")
+        if response.status_code != 401:
+            if token.dpop_key is not None:  # a DPoP server may hand out its next nonce anytime
+                self._rules.observe_nonce(url, nonce)
+            return Verdict.KEEP
         challenges = response.headers.get_list("www-authenticate")
-        return self._rules.verdict(challenges) is Verdict.NEW_TOKEN
+        verdict = self._rules.verdict(challenges, dpop_nonce=nonce, url=url)
+        if verdict is Verdict.NONCE and not nonce_retry:
+            return Verdict.KEEP
+        return verdict
 
     def __repr__(self) -> str:
         kind = "" if self._is_async else ", sync"
