@@ -214,3 +214,30 @@ async def test_processes_share_each_credential_through_expiries(
             assert errors.get("token_use_dpop_nonce", 0) <= len(processes) + 1
         else:
             assert errors == {}, (key, errors)
+
+
+async def test_httpx_sends_dpop_proofs_and_answers_a_resource_nonce(
+    oidc_server: OIDCServer, tmp_path: Path
+) -> None:
+    import httpx
+
+    from asynctoken.httpx import TokenAuth
+
+    spec = credentials(oidc_server)[0]  # private_key_jwt + DPoP, the resource wants a nonce
+    assert spec["key"] == "key-jwt-dpop-nonce"
+    client_id = spec["provider"]["client_id"]
+    before = oidc_server.stats(client_id)
+    async with TokenManager() as tm:
+        await tm.add(
+            "k", provider_from(spec["provider"]), refresh_token=oidc_server.seed(client_id)
+        )
+        async with httpx.AsyncClient(auth=TokenAuth(tm, "k")) as client:
+            for suffix in ("", "?page=2"):
+                resp = await client.post(spec["resource"] + suffix, content=b"payload")
+                assert resp.status_code == 200, resp.text
+                assert resp.json()["bound"] == {"jkt": True, "x5t": False}
+    stats = oidc_server.stats(client_id)
+    new = {name: stats.get(name, 0) - before.get(name, 0) for name in stats}
+    assert new["resource_ok"] == 2
+    assert new["resource_use_dpop_nonce"] == 1
+    assert new["token_ok"] == 1
