@@ -74,6 +74,11 @@ class TokenMiddleware:
       new token would be rejected the same way.
     * A 401 with no Bearer error at all (many APIs, Laravel's ``{"message":"Unauthenticated."}``
       among them, send no challenge): retried unless ``require_invalid_token=True``.
+    * For a DPoP-bound token (:attr:`Token.dpop_key`, sent as ``Authorization: DPoP`` with a new
+      proof per request): ``DPoP error="use_dpop_nonce"`` is retried once with the same token
+      and the ``DPoP-Nonce`` the server sent (remembered for later requests to that origin),
+      and the answer to that is judged by these rules again; ``DPoP error="invalid_token"`` as
+      above; other DPoP errors never.
 
     A 401 is returned without a retry, and a warning logged, when the request body cannot be
     sent twice: an async generator, a stream or an unseekable file that the first attempt
