@@ -49,7 +49,7 @@ def typing(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark scenario and print the comparison table."""
-    session.install("-e", ".[redis,bench]")
+    session.install("-e", ".[redis,bench,jwt]")
     if "--chart" in session.posargs:
         session.install("-e", ".[chart]")
     session.run("python", "-m", "benchmarks", *session.posargs)

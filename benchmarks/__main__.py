@@ -36,6 +36,7 @@ SCENARIOS = (
     "stale_window",
     "shared_credential",
     "middleware",
+    "dpop",
     "scale",
     "multi_tenant",
 )

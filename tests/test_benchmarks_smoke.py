@@ -23,6 +23,7 @@ SCENARIOS = [
     "stale_window",
     "shared_credential",
     "middleware",
+    "dpop",
     "scale",
     "multi_tenant",
 ]
