@@ -39,7 +39,7 @@ from ._policy import RetryPolicy
 from ._saving import RotationSaver
 from ._secrets import mask
 from ._token import Token
-from .providers._base import Provider
+from .providers._base import Provider, takes_current
 from .stores._base import TokenStore
 
 __all__ = ["Outlet", "Refresher"]
@@ -181,7 +181,9 @@ class Refresher:
                 await self._pace(key, stored)
             # 4. Request.
             try:
-                token, issued_mono, issued_wall = await self._request(key, provider, old_refresh)
+                token, issued_mono, issued_wall = await self._request(
+                    key, provider, old_refresh, stored
+                )
             except MalformedResponseError as exc:
                 # 5'. Save what an unusable answer carried: the server has probably rotated.
                 saved = await self._salvage(key, exc, stored, provider)
@@ -242,7 +244,7 @@ class Refresher:
             await asyncio.sleep(min(wait, self._min_interval))
 
     async def _request(
-        self, key: str, provider: Provider, refresh_token: str | None
+        self, key: str, provider: Provider, refresh_token: str | None, stored: Token | None
     ) -> tuple[Token, float, float]:
         """Step 4: the refresh-token grant, or the provider's primary grant as a fallback.
 
@@ -259,7 +261,7 @@ class Refresher:
         # meanwhile. Measured on the loop's clock, like the sleeps it bounds.
         started = asyncio.get_running_loop().time()
         try:
-            return await self._with_retries(key, provider, refresh_token, started)
+            return await self._with_retries(key, provider, refresh_token, started, stored)
         except InvalidGrantError:
             if refresh_token is None or not provider.can_reauthenticate:
                 raise
@@ -269,14 +271,21 @@ class Refresher:
                 key,
                 mask(refresh_token),
             )
-            return await self._with_retries(key, provider, None, started)
+            return await self._with_retries(key, provider, None, started, stored)
 
     async def _with_retries(
-        self, key: str, provider: Provider, refresh_token: str | None, started: float
+        self,
+        key: str,
+        provider: Provider,
+        refresh_token: str | None,
+        started: float,
+        stored: Token | None,
     ) -> tuple[Token, float, float]:
         loop = asyncio.get_running_loop()
         policy = self._retry
         session = self._session()
+        # A provider that keeps state with the credential (a DPoP key) gets the stored token.
+        extra = {"current": stored} if takes_current(provider) else {}
         attempt = 0
         while True:
             attempt += 1
@@ -284,7 +293,7 @@ class Refresher:
             issued_mono = self._clock.monotonic()
             try:
                 token = await provider.fetch_token(
-                    session, refresh_token=refresh_token, issued_at=issued_wall
+                    session, refresh_token=refresh_token, issued_at=issued_wall, **extra
                 )
                 return token, issued_mono, issued_wall
             except TransientError as exc:
@@ -322,7 +331,12 @@ class Refresher:
         if not refresh_token or refresh_token == old:
             return True
         seed = Token(
-            access_token="", expires_at=0.0, refresh_token=refresh_token, provider=provider.name
+            access_token="",
+            expires_at=0.0,
+            refresh_token=refresh_token,
+            provider=provider.name,
+            # A refresh token may be bound to the credential's DPoP key (public clients).
+            dpop_key=stored.dpop_key if stored is not None else None,
         )
         saved = await self._saver.save(key, seed, stored)
         if saved:

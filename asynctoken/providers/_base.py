@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Protocol, runtime_checkable
 
 import aiohttp
 
 from .._token import Token
 
-__all__ = ["Provider"]
+__all__ = ["Provider", "takes_current"]
 
 
 @runtime_checkable
@@ -45,6 +46,11 @@ class Provider(Protocol):
             issued_at: unix epoch seconds at which the request is sent; ``expires_at`` of the
                 returned token is ``issued_at + expires_in``.
 
+        A provider that keeps state with the credential (``OAuth2Provider`` keeps its DPoP key
+        on the token) may also take a keyword argument ``current: Token | None``: the manager
+        then passes the stored token (``None`` if there is none). Providers without it are
+        called as above.
+
         Returns:
             The new token. Its ``refresh_token`` is ``None`` when the answer carried none (the
             manager then keeps the old one).
@@ -59,3 +65,19 @@ class Provider(Protocol):
             MalformedResponseError: the answer was not a usable token response.
         """
         ...
+
+
+_TAKES_CURRENT: dict[type, bool] = {}
+
+
+def takes_current(provider: object) -> bool:
+    """Whether ``provider.fetch_token`` accepts the ``current`` keyword (checked once per class)."""
+    cls = type(provider)
+    known = _TAKES_CURRENT.get(cls)
+    if known is None:
+        try:
+            parameters = inspect.signature(cls.fetch_token).parameters  # type: ignore[attr-defined]
+        except (AttributeError, TypeError, ValueError):
+            parameters = {}  # type: ignore[assignment]
+        known = _TAKES_CURRENT[cls] = "current" in parameters
+    return known
