@@ -241,3 +241,25 @@ async def test_httpx_sends_dpop_proofs_and_answers_a_resource_nonce(
     assert new["resource_ok"] == 2
     assert new["resource_use_dpop_nonce"] == 1
     assert new["token_ok"] == 1
+
+
+async def test_the_dpop_key_stays_with_the_credential_across_refreshes_and_restarts(
+    oidc_server: OIDCServer, tmp_path: Path
+) -> None:
+    spec = credentials(oidc_server)[2]  # client_secret_jwt + DPoP (EdDSA)
+    assert spec["key"] == "secret-jwt-dpop"
+    store = tmp_path / "tokens.json"
+    await seed_store(oidc_server, store, [spec])
+    keys = []
+    for _ in range(2):  # two managers in a row: a restart in between
+        async with TokenManager(store=FileStore(store)) as tm:
+            await tm.add(spec["key"], provider_from(spec["provider"]))
+            token = await tm.get_token(spec["key"])
+            keys.append(token.dpop_key)
+            await tm.invalidate(spec["key"], token)  # the next call refreshes
+            again = await tm.get_token(spec["key"])
+            assert again.access_token != token.access_token
+            keys.append(again.dpop_key)
+    assert keys[0] is not None
+    assert keys == [keys[0]] * 4  # generated once, then always the stored one
+    assert json.loads(store.read_text())["credentials"][spec["key"]]["dpop_key"] == keys[0]
