@@ -221,7 +221,8 @@ class AuthRules:
 
             key = DPoPKey.from_jwk(jwk)
             self._dpop_key = (jwk, key)
-        target = str(url)
+        # A yarl URL (aiohttp) is used as is: parsing its text again costs more than signing.
+        target = url if isinstance(url, URL) else URL(str(url))
         nonce = None if self._nonces is None else self._nonces.get(target)
         proof = key.proof(method, target, access_token=token.access_token, nonce=nonce)
         return {"Authorization": token.authorization, "DPoP": proof}
