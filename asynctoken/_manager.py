@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import cachetools
 
+from . import _fork
 from ._cache import Entry, Flight, HotCache
 from ._clock import Clock, SystemClock
 from ._cooldown import Cooldowns
@@ -103,6 +105,7 @@ class TokenManager:
     """
 
     __slots__ = (
+        "__weakref__",
         "_cache",
         "_clock",
         "_close_timeout",
@@ -111,6 +114,7 @@ class TokenManager:
         "_drop_timers",
         "_factory",
         "_failures",
+        "_forked_from",
         "_fresh",
         "_hot",
         "_inflight",
@@ -130,6 +134,7 @@ class TokenManager:
         "_store",
         "_tasks",
         "_token_session",
+        "_used",
         "_wall",
     )
 
@@ -212,6 +217,11 @@ class TokenManager:
             cache_size, ttl=invalidate_interval or 1e-9, timer=self._monotonic
         )
         self._closed = False
+        # Used by an event loop of this process (then its session, store connections, locks and
+        # tasks belong to that loop), and the parent's pid when this is a forked child's copy.
+        self._used = False
+        self._forked_from: int | None = None
+        _fork.watch(self)
         self._closing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -431,6 +441,9 @@ class TokenManager:
         pending; a rotated refresh token the store refused earlier gets a last chance to be
         written. Idempotent, and safe to cancel: a later call finishes the same close.
         """
+        if self._forked_from is not None:  # the parent's session and store: not ours to close
+            self._closed = True
+            return
         self._closed = True
         if self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(
@@ -637,6 +650,21 @@ class TokenManager:
     def _check_open(self) -> None:
         if self._closed:
             raise TokenError("the TokenManager is closed")
+        if self._forked_from is not None:
+            raise ConfigurationError(
+                f"this TokenManager was used in process {self._forked_from}, which then forked "
+                f"process {os.getpid()}: its connections, locks and tasks belong to the parent. "
+                "Create the manager in each worker process, after the fork (aiohttp: in a "
+                "cleanup_ctx; FastAPI/Starlette: in the lifespan; never used at import time "
+                "with gunicorn --preload)"
+            )
+        self._used = True
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (see :mod:`asynctoken._fork`): refuse a manager the parent used."""
+        if self._used and not self._closed:
+            self._forked_from = os.getppid()
+            self._fresh.clear()  # so that even a cached token goes the slow way, and is refused
 
 
 class _Outlet:
