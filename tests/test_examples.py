@@ -51,7 +51,8 @@ class FakeServerProcess:
     async def start(self) -> None:
         self._process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "asynctoken.testing", "--flavor", "oauth2"),
-            *("--expires-in", str(LIFETIME), "--port", "0", "--lifetime", "300"),
+            *("--expires-in", str(LIFETIME), "--whole-second-expiry"),
+            *("--port", "0", "--lifetime", "300"),
             stdout=asyncio.subprocess.PIPE,
         )
         assert self._process.stdout is not None
@@ -269,6 +270,7 @@ async def test_gateways_share_a_file_store(tmp_path: Path) -> None:
             assert set(statuses[gateway.name]) == {200}, gateway.name
             assert_every_worker_served(gateway, upstream_port)
         await assert_one_token_request_per_expiry(server)
+        assert (await server.stats())["api_unauthorized"] == 0  # no token expired in flight
 
         # The credential dies (refresh token revoked): a gateway's answer is 502.
         await server.control("POST", "/_fake/expire-access-tokens")
@@ -295,6 +297,7 @@ async def test_gateways_share_a_redis_store(tmp_path: Path, redis_url: str) -> N
             for gateway in targets:
                 assert set(statuses[gateway.name]) == {200}, gateway.name
             await assert_one_token_request_per_expiry(server)
+            assert (await server.stats())["api_unauthorized"] == 0
     finally:
         with redis.Redis.from_url(redis_url) as client:
             keys = list(client.scan_iter(match="gateway:*"))

@@ -33,7 +33,8 @@ AppServer = Callable[[web.Application], Awaitable[TestServer]]
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeOAuthServer]:
-    async with FakeOAuthServer("keliweb", expires_in=LIFETIME) as srv:
+    # Expiry in whole seconds, as JWT issuers keep it: a token dies up to 1 s early.
+    async with FakeOAuthServer("keliweb", expires_in=LIFETIME, whole_second_expiry=True) as srv:
         yield srv
 
 
