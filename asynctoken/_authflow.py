@@ -422,7 +422,7 @@ def warn_not_replayable(rules: AuthRules, method: str, url: object, body: str) -
         "sent again; the 401 is returned without a retry",
         rules.key,
         method,
-        URL(str(url)).with_query(None).with_fragment(None),
+        URL(str(url)).with_user(None).with_query(None).with_fragment(None),  # no secrets
         body,
     )
 

@@ -252,13 +252,14 @@ async def test_streamed_body_is_not_sent_again(
             yield b"z" * 1024
 
     with caplog.at_level(logging.WARNING, logger="asynctoken"):
-        response = await client.post(server.api_url, content=chunks())
+        response = await client.post(server.api_url + "?api_key=s3cr3t", content=chunks())
     assert response.status_code == 401
     assert response.json()["error"] == "invalid_token"  # readable
     assert server.api_requests == 1  # not sent again with a spent generator
     assert server.api_calls[0].body_len == 4096
     assert "cannot be sent again" in caplog.text
     assert old.access_token not in caplog.text
+    assert "s3cr3t" not in caplog.text  # the query may hold secrets: never logged
 
     # The rejected token was still dropped: the next request gets a new one.
     assert server.token_requests == 1
