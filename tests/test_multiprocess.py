@@ -137,6 +137,25 @@ async def test_two_hosts_share_a_redis_store(
 # --------------------------------------------------------------------------- kill -9
 
 
+async def until_requests_or_exit(
+    server: FakeOAuthServer, proc: asyncio.subprocess.Process, n: int
+) -> None:
+    """Wait for ``n`` token requests; a worker that exits meanwhile fails the test with its
+    stderr."""
+    waiting = asyncio.ensure_future(server.wait_for_token_requests(n, timeout=30))
+    exiting = asyncio.ensure_future(proc.wait())
+    try:
+        await asyncio.wait({waiting, exiting}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiting.done():
+            assert proc.stderr is not None
+            err = await proc.stderr.read()
+            raise AssertionError(f"worker exited ({proc.returncode}): {err.decode()[-3000:]}")
+        waiting.result()
+    finally:
+        waiting.cancel()
+        exiting.cancel()
+
+
 async def test_kill_9_during_refreshes_loses_nothing(tmp_path: Path) -> None:
     """Kill a refresh-looping process at random moments, 50 times; each time a new process must
     resume from the store, unless the kill fell between the server's rotation and the client's
@@ -155,10 +174,13 @@ async def test_kill_9_during_refreshes_loses_nothing(tmp_path: Path) -> None:
             )
             before = server.token_requests
             # Let it make a few refreshes, then kill it at a random moment.
-            await server.wait_for_token_requests(before + rng.randint(1, 4), timeout=30)
+            await until_requests_or_exit(server, proc, before + rng.randint(1, 4))
             await asyncio.sleep(rng.uniform(0, 0.03))
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
+            # A request the dead process sent may still be in the server's hands: judge the
+            # store only once every request was decided and its answer sent or dropped.
+            await server.wait_for_token_deliveries(server.token_requests, timeout=30)
             # The file is never half-written.
             json.loads(path.read_text())
             stored = await store.get("shared")
