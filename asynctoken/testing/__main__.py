@@ -27,33 +27,108 @@ from ._server import FakeOAuthServer
 __all__ = ["main"]
 
 
+_EPILOG = """\
+control routes (JSON, loopback only):
+  GET  /_fake/stats                  counters and outcome tally
+  GET  /_fake/requests               token requests (tokens masked, arrival times)
+  POST /_fake/refresh-token          {"refresh_token": ...}: a seed in a new family
+  POST /_fake/token                  a full token pair, as Token.to_dict()
+  POST /_fake/expire-access-tokens   expire every access token
+  POST /_fake/expire-refresh-tokens  expire every refresh token
+  POST /_fake/fail-next              {"n", "status", "retry_after", "error", "delay"}
+  POST /_fake/hold                   park token requests at the gate
+  POST /_fake/release                {"n"} (optional): let parked requests go on
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m asynctoken.testing", description=__doc__.split("\n")[0]
+        prog="python -m asynctoken.testing",
+        description=__doc__.split("\n")[0],
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--flavor", choices=("keliweb", "erpeasy", "oauth2"), default="keliweb")
-    p.add_argument("--host", default="127.0.0.1", help="a loopback address")
-    p.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    p.add_argument("--client-id", default="test-client")
-    p.add_argument("--client-secret", default="test-secret")
-    p.add_argument("--expires-in", type=float, default=3600.0)
-    p.add_argument("--refresh-token-ttl", type=float, default=None)
-    p.add_argument("--no-rotate", dest="rotate", action="store_false")
     p.add_argument(
-        "--no-revoke-family-on-reuse", dest="revoke_family_on_reuse", action="store_false"
+        "--flavor",
+        choices=("keliweb", "erpeasy", "oauth2"),
+        default="keliweb",
+        help="which server to imitate (default: keliweb)",
     )
-    p.add_argument("--passport-legacy-errors", action="store_true")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="a loopback address to bind (default: 127.0.0.1)"
+    )
+    p.add_argument("--port", type=int, default=0, help="the port; 0 picks a free one (default: 0)")
+    p.add_argument(
+        "--client-id",
+        default="test-client",
+        help="the one client id accepted (default: test-client)",
+    )
+    p.add_argument(
+        "--client-secret", default="test-secret", help="its secret (default: test-secret)"
+    )
+    p.add_argument(
+        "--expires-in",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="access-token lifetime (default: 3600)",
+    )
+    p.add_argument(
+        "--refresh-token-ttl",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="refresh-token lifetime from issue (default: none, they live as long as the server)",
+    )
+    p.add_argument(
+        "--no-rotate",
+        dest="rotate",
+        action="store_false",
+        help="keep a refresh token valid after use (default: rotate on every refresh)",
+    )
+    p.add_argument(
+        "--no-revoke-family-on-reuse",
+        dest="revoke_family_on_reuse",
+        action="store_false",
+        help="do not revoke the token family when a retired refresh token comes back "
+        "(default: revoke it)",
+    )
+    p.add_argument(
+        "--passport-legacy-errors",
+        action="store_true",
+        help="keliweb: answer a dead refresh token with 401 invalid_request, as older "
+        "Passport does (default: 400 invalid_grant)",
+    )
     p.add_argument(
         "--whole-second-expiry",
         action="store_true",
-        help="access tokens expire at floor(now) + expires-in, as JWT issuers do",
+        help="access tokens expire at floor(now) + expires-in, as JWT issuers do "
+        "(default: exactly expires-in after issue)",
     )
     p.add_argument(
-        "--user", action="append", default=[], metavar="NAME:PASSWORD", help="repeatable"
+        "--user",
+        action="append",
+        default=[],
+        metavar="NAME:PASSWORD",
+        help="a password-grant user, repeatable (default: user@example.com:pw)",
     )
-    p.add_argument("--delay", type=float, default=0.0, help="latency of every token response")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--lifetime", type=float, default=600.0, help="exit after this many seconds")
+    p.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="latency added to every token response (default: 0)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="make token values reproducible (default: random)"
+    )
+    p.add_argument(
+        "--lifetime",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="exit after this long (default: 600)",
+    )
     return p
 
 
