@@ -150,13 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive_int, default=5000, help="concurrent coroutines (default: 5000)"
     )
     demo.add_argument(
-        "--seconds", type=_positive_float, default=8.0, help="how long to run (default: 8)"
+        "--seconds",
+        type=_positive_float,
+        default=8.0,
+        metavar="SECONDS",
+        help="how long to run (default: 8)",
     )
     demo.add_argument(
         "--lifetime",
         type=_positive_float,
         default=2.0,
-        help="access token lifetime in seconds (default: 2)",
+        metavar="SECONDS",
+        help="access-token lifetime (default: 2)",
     )
     demo.set_defaults(handler=cmd_demo)
 
