@@ -1,10 +1,10 @@
-"""Developer sessions: ``nox -s tests``, ``nox -s lint typing``, ``nox -s bench``."""
+"""Developer sessions: ``nox -s tests``, ``lint typing``, ``docs`` and ``bench``."""
 
 from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.sessions = ["tests", "lint", "typing", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -44,6 +44,36 @@ def typing(session: nox.Session) -> None:
     """mypy --strict over the package and the public-API typing checks."""
     session.install("-e", ".[redis,test,jwt]", "mypy==2.4.1", "types-cachetools==7.0.0.20260713")
     session.run("mypy", "--strict")
+    # The documentation's examples, as a user would type them (tests/docs_examples.py).
+    examples = f"{session.create_tmp()}/docs-examples"
+    session.run("python", "tests/docs_examples.py", "--write", examples, silent=True)
+    session.run("mypy", "--strict", "--no-warn-unused-ignores", examples)
+
+
+# The documentation site: MkDocs, Material, mkdocstrings (pinned: a new release must not break
+# the strict build unannounced).
+DOCS_REQUIREMENTS = (
+    "mkdocs==1.6.1",
+    "mkdocs-material==9.8.1",
+    "mkdocstrings==1.0.8",
+    "mkdocstrings-python==2.0.11",
+    "mkdocs-autorefs==1.4.5",
+    "griffelib==2.4.1",
+    "pymdown-extensions==13.1.2",
+    "markdown==3.11.3",
+    "ruff==0.17.6",  # formats the signatures in the API reference
+)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site strictly (``nox -s docs -- serve`` to serve it)."""
+    session.install("-e", ".", *DOCS_REQUIREMENTS)
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
+    if session.posargs[:1] == ["serve"]:
+        session.run("mkdocs", "serve", *session.posargs[1:])
+    else:
+        session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 
 @nox.session
