@@ -109,24 +109,18 @@ def blocks(path: Path) -> list[Block]:
 def type_check_module(page: Path) -> str | None:
     """The page's examples as one module for mypy, or ``None`` for a page without examples.
 
-    The blocks of a page share one namespace when run, and may ``await`` at top level: they go,
-    in order, into the body of one ``async def``. A pytest example is a module of its own kind:
-    it follows at top level, as written.
+    Each block is complete on its own and may ``await`` at top level: it becomes the body of an
+    ``async def`` of its own (a pytest module too: its functions are then nested, which mypy
+    checks the same way).
     """
-    page_blocks = [b for b in blocks(page) if b.mode not in ("included", "pytest")]
-    pytest_blocks = [b for b in blocks(page) if b.mode == "pytest"]
-    if not page_blocks and not pytest_blocks:
+    page_blocks = [b for b in blocks(page) if b.mode != "included"]
+    if not page_blocks:
         return None
     parts = [f"# Examples of {page.relative_to(ROOT)}, for mypy (generated).\n"]
-    parts.append("# ruff: noqa\n")
-    parts.append("async def _page() -> None:\n")
-    for block in page_blocks:
-        parts.append(f"    # {block.where}\n")
+    for number, block in enumerate(page_blocks):
+        parts.append(f"\n\n# {block.where}\nasync def _example_{number}() -> None:\n")
         parts.append(textwrap.indent(block.code, "    "))
-    parts.append("    pass\n")
-    for block in pytest_blocks:  # a test module: top-level code as written
-        parts.append(f"# {block.where}\n")
-        parts.append(block.code)
+        parts.append("    pass\n")
     return "".join(parts)
 
 

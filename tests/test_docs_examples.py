@@ -98,7 +98,6 @@ def _run_pytest(block: Block, directory: Path) -> None:
 def _run_page(
     page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    namespace: dict[str, Any] = {"__name__": "__main__"}
     loop = asyncio.new_event_loop()
     try:
         for block in blocks(page):
@@ -119,6 +118,7 @@ def _run_page(
                         monkeypatch.setenv(name, value)
                 if block.mode == "redis":
                     monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_url"))
+                namespace: dict[str, Any] = {"__name__": "__main__"}  # each block is complete
                 try:
                     if code.co_flags & inspect.CO_COROUTINE:
                         loop.run_until_complete(eval(code, namespace))
