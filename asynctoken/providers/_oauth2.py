@@ -381,7 +381,7 @@ class OAuth2Provider(BaseTokenProvider):
             :attr:`Token.dpop_key`.
 
         Raises:
-            The errors of :meth:`~asynctoken.providers.Provider.fetch_token`.
+            TokenError: the errors of :meth:`~asynctoken.providers.Provider.fetch_token`.
         """
         if not self.dpop:
             return await super().fetch_token(
