@@ -7,6 +7,8 @@ A fenced ``python`` block is run as written unless an HTML comment on the line j
 says otherwise (the comment is invisible on the site and on GitHub):
 
 * ``<!-- not run: REASON -->``: compiled and type-checked only (it needs a real provider...);
+* ``<!-- fragment: REASON -->``: compiled only (it continues another block: its names are
+  defined there);
 * ``<!-- run: standalone-server FLAVOR -->``: run with ``python -m asynctoken.testing --flavor
   FLAVOR`` started for it and ``TOKEN_URL``, ``API_URL``, ``CLIENT_ID``, ``CLIENT_SECRET``,
   ``REFRESH_TOKEN`` in the environment;
@@ -27,8 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 _FENCE = re.compile(r"^```(?P<lang>[\w-]*)(?P<attrs>[^`]*)$")
-_MARKER = re.compile(r"^<!-- (?:(?P<run>run: [^>]*?)|not run: (?P<reason>[^>]*?)) -->$")
-MODES = ("run", "not run", "standalone-server", "redis", "pytest", "included")
+_MARKER = re.compile(
+    r"^<!-- (?:(?P<run>run: [^>]*?)|not run: (?P<reason>[^>]*?)|fragment: (?P<fragment>[^>]*?)) -->$"
+)
+MODES = ("run", "not run", "fragment", "standalone-server", "redis", "pytest", "included")
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ def _mode(marker: str | None) -> tuple[str, str]:
     match = _MARKER.match(marker)
     if match is None:
         return "run", ""
+    if match.group("fragment") is not None:
+        return "fragment", match.group("fragment").strip()
     if match.group("reason") is not None:
         return "not run", match.group("reason").strip()
     words = match.group("run").removeprefix("run:").split()
@@ -113,7 +119,7 @@ def type_check_module(page: Path) -> str | None:
     ``async def`` of its own (a pytest module too: its functions are then nested, which mypy
     checks the same way).
     """
-    page_blocks = [b for b in blocks(page) if b.mode != "included"]
+    page_blocks = [b for b in blocks(page) if b.mode not in ("included", "fragment")]
     if not page_blocks:
         return None
     parts = [f"# Examples of {page.relative_to(ROOT)}, for mypy (generated).\n"]
