@@ -30,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 _FENCE = re.compile(r"^```(?P<lang>[\w-]*)(?P<attrs>[^`]*)$")
 _MARKER = re.compile(
-    r"^<!-- (?:(?P<run>run: [^>]*?)|not run: (?P<reason>[^>]*?)|fragment: (?P<fragment>[^>]*?)) -->$"
+    r"^<!-- (?:(?P<run>run: [^>]*?)|not run: (?P<reason>[^>]*?)"
+    r"|fragment: (?P<fragment>[^>]*?)) -->$"
 )
 MODES = ("run", "not run", "fragment", "standalone-server", "redis", "pytest", "included")
 
