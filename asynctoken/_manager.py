@@ -1,10 +1,11 @@
 """The :class:`TokenManager`: cached tokens for many coroutines, one refresh per credential.
 
-Concurrency rules, all in this module:
+The manager holds the caching, the single flight and the public API; how one credential is
+renewed (lock, re-read, request, save, publish) is :mod:`asynctoken._refresh`.
 
-* **Hot path.** A fresh cached token is returned by one dict lookup: no lock, no task, no await
-  of anything else, not even a clock read (a loop timer takes the token out of that dict when it
-  turns stale; with an injected clock, the clock is read instead).
+* **Hot path.** A fresh cached token is returned by one dict lookup and one clock read: no
+  lock, no task, no await of anything else. The clock read compares the token's freshness
+  deadline, so a token is never handed out late, even right after the event loop stalled.
 * **Single flight.** A refresh is one :class:`asyncio.Task` per credential key, owned by the
   manager. Each caller waits on a future of its own that the task settles (what
   :func:`asyncio.shield` does, with one callback for all callers instead of three per caller);
