@@ -9,9 +9,11 @@ as long as the server's ``Retry-After`` asked). A success forgets the failure.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections.abc import Callable
+from typing import Any, Literal
 
 import cachetools
 
@@ -23,6 +25,7 @@ from ._errors import (
     TokenError,
     TransientError,
 )
+from ._observe import Observer
 from .stores._base import TokenStore
 
 __all__ = ["Cooldowns"]
@@ -37,6 +40,20 @@ def _failure_ttu(_key: str, failure: Failure, _now: float) -> float:
     return failure.until
 
 
+class _Failures(cachetools.TLRUCache[str, Failure]):
+    """A TLRU cache of failures that tells when one leaves because its cooldown elapsed."""
+
+    def __init__(self, size: int, monotonic: Callable[[], float], observer: Observer) -> None:
+        super().__init__(size, ttu=_failure_ttu, timer=monotonic)
+        self.observer = observer
+
+    def expire(self, time: Any = None) -> list[tuple[str, Failure]]:
+        expired: list[tuple[str, Failure]] = super().expire(time)
+        for key, _failure in expired:
+            self.observer.cooldown_ended(key, "elapsed")
+        return expired
+
+
 class Cooldowns:
     """The last failed refresh of each credential, bounded, until its cooldown ends.
 
@@ -47,6 +64,9 @@ class Cooldowns:
         background_retry: seconds before the next background attempt after another failure.
         max_retry_after: cap on a server's ``Retry-After``.
         monotonic: the clock the cooldowns run on.
+        observer: told when cooldowns start and end.
+        timers: end cooldowns with loop timers (the system clock), so that their end is
+            reported when it comes; with another clock it is reported when next noticed.
     """
 
     __slots__ = (
@@ -55,7 +75,9 @@ class Cooldowns:
         "_failures",
         "_max_retry_after",
         "_monotonic",
+        "_observer",
         "_store",
+        "_timers",
     )
 
     def __init__(
@@ -67,26 +89,31 @@ class Cooldowns:
         background_retry: float,
         max_retry_after: float,
         monotonic: Callable[[], float],
+        observer: Observer,
+        timers: bool,
     ) -> None:
         self._store = store
         self._cooldown = cooldown
         self._background_retry = background_retry
         self._max_retry_after = max_retry_after
         self._monotonic = monotonic
-        self._failures: cachetools.TLRUCache[str, Failure] = cachetools.TLRUCache(
-            size, ttu=_failure_ttu, timer=monotonic
-        )
+        self._observer = observer
+        self._timers = timers and observer.dispatch is not None
+        self._failures = _Failures(size, monotonic, observer)
 
     def __contains__(self, key: str) -> bool:
         """Whether ``key`` failed and its cooldown (or background pause) is still on."""
+        self._failures.expire()
         return key in self._failures
 
     def __len__(self) -> int:
         return len(self._failures)
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: str, reason: Literal["refreshed", "reset"] = "reset") -> None:
         """Drop ``key``'s failure: it refreshed, or it was reconfigured, replaced or removed."""
-        self._failures.pop(key, None)
+        self._failures.expire()
+        if self._failures.pop(key, None) is not None:
+            self._observer.cooldown_ended(key, reason)
 
     async def blocking(self, key: str) -> TokenError | None:
         """The error a caller of ``key`` gets at once, without a request, or ``None``.
@@ -95,6 +122,7 @@ class Cooldowns:
         since (another process, or ``asynctoken add --overwrite``, re-seeded it): one store
         read, at most once per second per key, tells.
         """
+        self._failures.expire()
         failure = self._failures.get(key)  # None once its cooldown ended
         if failure is None or not failure.final or await self._changed(key, failure):
             return None
@@ -120,6 +148,7 @@ class Cooldowns:
         logger.info("credential %r changed in the store; its cooldown ends", key)
         if self._failures.get(key) is failure:
             del self._failures[key]
+            self._observer.cooldown_ended(key, "store_changed")
         return True
 
     def record(
@@ -160,7 +189,12 @@ class Cooldowns:
             logger.error("credential %r: refresh crashed", key, exc_info=error)
 
     def _remember(self, key: str, failure: Failure) -> None:
-        if failure.until > self._monotonic():
+        seconds = failure.until - self._monotonic()
+        self._observer.failure_remembered(key, failure.error, seconds, failure.final)
+        if seconds > 0:
             self._failures[key] = failure
+            if self._timers:
+                # A little late rather than early: loop timers may fire a clock tick ahead.
+                asyncio.get_running_loop().call_later(seconds + 0.01, self._failures.expire)
         else:  # a zero cooldown: nothing to remember, and nothing older either
             self._failures.pop(key, None)

@@ -21,11 +21,9 @@ renewed (lock, re-read, request, save, publish) is :mod:`asynctoken._refresh`.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +34,15 @@ from . import _fork
 from ._cache import Entry, Flight, HotCache
 from ._clock import Clock, SystemClock
 from ._cooldown import Cooldowns
-from ._errors import ConfigurationError, CredentialNotFoundError, TokenError
+from ._errors import ConfigurationError, TokenError
+from ._observe import Observer, RefreshWatch
 from ._policy import Margins, RetryPolicy, check_seconds
 from ._refresh import Refresher
+from ._registry import ProviderFactory, ProviderRegistry
 from ._saving import RotationSaver
 from ._secrets import mask
 from ._token import Token
+from .events import EventCallback, Trigger
 from .providers._base import Provider
 from .stores._base import TokenStore
 from .stores._memory import MemoryStore
@@ -53,9 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["ProviderFactory", "TokenManager"]
 
 logger = logging.getLogger("asynctoken")
-
-ProviderFactory = Callable[[str], "Provider | Awaitable[Provider | None] | None"]
-"""Resolves the provider for a key that was not registered with :meth:`TokenManager.add`."""
 
 
 class TokenManager:
@@ -100,6 +98,14 @@ class TokenManager:
             have the new token). Afterwards it is kept in memory and written before the next
             refresh, or on :meth:`aclose`.
         clock: time source; inject a fake one in tests.
+        on_event: called with every :mod:`asynctoken.events` event (a function or coroutine
+            function), from a task of its own: it never delays a refresh.
+        telemetry: record OpenTelemetry metrics and spans when ``opentelemetry-api`` is
+            installed (``asynctoken[otel]``), through whatever SDK the application configured.
+        telemetry_keys: add the credential key to telemetry attributes. Off by default: keys
+            can be tenant ids (unbounded cardinality, personal data).
+        lock_wait_threshold: a wait for a credential's store lock longer than this many
+            seconds emits :class:`~asynctoken.events.LockWaitedLong`.
 
     Raises:
         ConfigurationError: an argument is out of range.
@@ -113,10 +119,10 @@ class TokenManager:
         "_closed",
         "_closing",
         "_drop_timers",
-        "_factory",
         "_failures",
         "_forked_from",
         "_fresh",
+        "_hits",
         "_hot",
         "_inflight",
         "_invalidate_interval",
@@ -124,11 +130,10 @@ class TokenManager:
         "_lock_timeout",
         "_margins",
         "_monotonic",
-        "_provider_types",
+        "_observer",
         "_providers",
         "_refresher",
         "_rejected",
-        "_resolved",
         "_retry",
         "_saver",
         "_session",
@@ -156,6 +161,10 @@ class TokenManager:
         save_patience: float = 30.0,
         min_refresh_interval: float = 1.0,
         clock: Clock | None = None,
+        on_event: EventCallback | None = None,
+        telemetry: bool = True,
+        telemetry_keys: bool = False,
+        lock_wait_threshold: float = 1.0,
     ) -> None:
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
             raise ConfigurationError("cache_size must be an integer >= 1")
@@ -167,6 +176,7 @@ class TokenManager:
             "close_timeout": close_timeout,
             "save_patience": save_patience,
             "min_refresh_interval": min_refresh_interval,
+            "lock_wait_threshold": lock_wait_threshold,
         }
         for name, value in seconds.items():
             check_seconds("TokenManager", name, value)
@@ -175,7 +185,6 @@ class TokenManager:
         self._store: TokenStore = store if store is not None else MemoryStore()
         self._session = session
         self._token_session: aiohttp.ClientSession | None = None
-        self._factory = provider_factory
         self._margins = margins or Margins()
         self._retry = retry or RetryPolicy()
         self._lock_timeout = lock_timeout
@@ -183,28 +192,38 @@ class TokenManager:
         self._clock: Clock = clock or SystemClock()
         self._monotonic = self._clock.monotonic
         self._wall = self._clock.time
+        self._observer = Observer(
+            on_event=on_event,
+            clock=self._clock,
+            telemetry=telemetry,
+            telemetry_keys=telemetry_keys,
+            lock_wait_threshold=lock_wait_threshold,
+        )
+        self._hits = 0  # fresh tokens served: counted here, read by telemetry when collected
+        self._observer.count_lookups(lambda: self._hits)
+        store = self._observer.store(self._store)  # store errors and lock waits seen
         self._hot: dict[str, Entry] = {}
         self._fresh: dict[str, tuple[float, Token]] = {}
         self._cache = HotCache(cache_size, self._hot, self._fresh)
         # With the system clock, a loop timer drops each entry when its token expires; with an
         # injected clock (which the loop cannot follow) entries leave when replaced or evicted.
         self._drop_timers = isinstance(self._clock, SystemClock)
-        self._providers: dict[str, Provider] = {}
-        self._resolved: cachetools.LRUCache[str, Provider] = cachetools.LRUCache(cache_size)
-        self._provider_types: set[type] = set()
+        self._providers = ProviderRegistry(provider_factory, cache_size)
         self._inflight: dict[str, Flight] = {}
         self._failures = Cooldowns(
-            self._store,
+            store,
             size=cache_size,
             cooldown=error_cooldown,
             background_retry=background_retry_interval,
             max_retry_after=self._retry.max_retry_after,
             monotonic=self._monotonic,
+            observer=self._observer,
+            timers=self._drop_timers,
         )
         self._rejected: cachetools.LRUCache[str, str] = cachetools.LRUCache(cache_size)
-        self._saver = RotationSaver(self._store)
+        self._saver = RotationSaver(store)
         self._refresher = Refresher(
-            self._store,
+            store,
             self._saver,
             session=self._session_for_tokens,
             retry=self._retry,
@@ -212,6 +231,7 @@ class TokenManager:
             lock_timeout=lock_timeout,
             save_patience=save_patience,
             min_interval=min_refresh_interval,
+            observer=self._observer,
         )
         self._invalidate_interval = invalidate_interval
         self._invalidated: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
@@ -247,6 +267,7 @@ class TokenManager:
         """
         hit = self._fresh.get(key)
         if hit is not None and self._monotonic() < hit[0]:
+            self._hits += 1
             return hit[1]
         return await self._get_slow(key)
 
@@ -284,8 +305,7 @@ class TokenManager:
             raise ConfigurationError(
                 f"provider must implement the Provider protocol, got {type(provider).__name__}"
             )
-        self._providers[key] = provider
-        self._resolved.pop(key, None)
+        self._providers.register(key, provider)
         self._failures.forget(key)  # a new configuration deserves a new attempt
         if refresh_token is None:
             return False
@@ -321,6 +341,7 @@ class TokenManager:
         """
         entry = self._hot.get(key)
         if entry is not None and entry.token.access_token != token.access_token:
+            self._observer.invalidated(key, "superseded")
             return False
         if self._invalidate_interval and key in self._invalidated:
             # The token that replaced the last rejected one is rejected too: the API refuses
@@ -332,6 +353,7 @@ class TokenManager:
                 key,
                 self._invalidate_interval,
             )
+            self._observer.invalidated(key, "refused")
             return False
         if entry is not None:
             self._cache.pop(key, None)
@@ -339,6 +361,7 @@ class TokenManager:
         if self._invalidate_interval:
             self._invalidated[key] = True
         logger.info("credential %r: access token %s invalidated", key, mask(token.access_token))
+        self._observer.invalidated(key, "dropped")
         return True
 
     async def token_rejected(self, key: str, token: Token) -> Token | None:
@@ -380,6 +403,7 @@ class TokenManager:
         """
         hit = self._fresh.get(key)
         if hit is not None and self._monotonic() < hit[0]:
+            self._hits += 1
             return hit[1]
         return None
 
@@ -399,8 +423,7 @@ class TokenManager:
             Whether the store held a credential for ``key``.
         """
         self._check_open()
-        self._providers.pop(key, None)
-        self._resolved.pop(key, None)
+        self._providers.unregister(key)
         self._forget(key)  # fences a refresh in flight: it caches and creates nothing
         async with self._store.lock(key, timeout=self._lock_timeout):
             existed = await self._store.delete(key)
@@ -469,7 +492,10 @@ class TokenManager:
                 if self._token_session is not None:
                     await self._token_session.close()
             finally:
-                await self._store.aclose()
+                try:
+                    await self._store.aclose()
+                finally:
+                    await self._observer.aclose(self._close_timeout)
 
     close = aclose
 
@@ -497,13 +523,16 @@ class TokenManager:
         entry = self._hot.get(key)
         now = self._monotonic()
         if entry is not None and now < entry.stale_at:
+            self._hits += 1
             return entry.token  # turned fresh between the hot path's clock read and this one
         if entry is not None and now < entry.expired_at:
             # Stale: serve it, refresh in the background once.
             # (A failure in its backoff holds the next attempt; expired ones leave on their own.)
+            self._observer.stale += 1
             if key not in self._inflight and key not in self._failures:
                 self._start(key, force=False, background=True)
             return entry.token
+        self._observer.misses += 1
         flight = self._inflight.get(key)
         if flight is None:
             error = await self._failures.blocking(key)
@@ -515,8 +544,14 @@ class TokenManager:
     def _start(self, key: str, *, force: bool, background: bool) -> Flight:
         flight = Flight()
         # An invalidated token is replaced at once, whatever the minimum refresh interval.
-        hurry = force or key in self._rejected
-        coro = self._run(key, flight, force=force, background=background, hurry=hurry)
+        rejected = key in self._rejected
+        trigger: Trigger = (
+            "forced" if force else "rejected" if rejected else "stale" if background else "miss"
+        )
+        watch = self._observer.refresh(key, trigger, background)
+        coro = self._run(
+            key, flight, watch, force=force, background=background, hurry=force or rejected
+        )
         name = f"asynctoken-refresh:{key}"
         loop = asyncio.get_running_loop()
         if sys.version_info >= (3, 12):
@@ -534,33 +569,47 @@ class TokenManager:
         return flight
 
     async def _run(
-        self, key: str, flight: Flight, *, force: bool, background: bool, hurry: bool
+        self,
+        key: str,
+        flight: Flight,
+        watch: RefreshWatch,
+        *,
+        force: bool,
+        background: bool,
+        hurry: bool,
     ) -> None:
         """The refresh task: refresh, then settle every caller in this same step."""
-        try:
-            provider = await self._provider_for(key)
-            outlet = _Outlet(self, key, flight)
-            token = await self._refresher.run(
-                key, provider, outlet, force=force, background=background, hurry=hurry
-            )
-        except Exception as exc:
-            self._land(key, flight)
-            if not flight.fenced:
-                self._failures.record(key, exc, background, flight.refresh_token)
-            flight.fail(exc)
-            return  # every caller gets it through its own future; nobody awaits the task
-        except BaseException as exc:  # cancelled by aclose(), or the process is going down
-            self._land(key, flight)
-            if isinstance(exc, asyncio.CancelledError) and self._closed:
-                # The callers were not cancelled themselves: tell them what happened.
-                flight.fail(TokenError("the TokenManager was closed during the refresh", key=key))
-            else:
+        name = None
+        with watch:
+            try:
+                provider = await self._providers.resolve(key)
+                name = provider.name
+                outlet = _Outlet(self, key, flight)
+                token = await self._refresher.run(
+                    key, provider, outlet, force=force, background=background, hurry=hurry
+                )
+            except Exception as exc:
+                self._land(key, flight)
+                watch.failed(exc, name)
+                if not flight.fenced:
+                    self._failures.record(key, exc, background, flight.refresh_token)
                 flight.fail(exc)
-            raise
-        self._land(key, flight)
-        if not flight.fenced:
-            self._failures.forget(key)
-        flight.succeed(token)
+                return  # every caller gets it through its own future; nobody awaits the task
+            except BaseException as exc:  # cancelled by aclose(), or the process is going down
+                self._land(key, flight)
+                if isinstance(exc, asyncio.CancelledError) and self._closed:
+                    # The callers were not cancelled themselves: tell them what happened.
+                    closed = TokenError("the TokenManager was closed during the refresh", key=key)
+                    watch.failed(closed, name)
+                    flight.fail(closed)
+                else:
+                    flight.fail(exc)
+                raise
+            self._land(key, flight)
+            watch.succeeded(token, provider.name, requested=outlet.requested)
+            if not flight.fenced:
+                self._failures.forget(key, "refreshed")
+            flight.succeed(token)
 
     def _land(self, key: str, flight: Flight) -> None:
         if self._inflight.get(key) is flight:
@@ -589,31 +638,6 @@ class TokenManager:
             lifetime = token.expires_at - wall
         stale, expired = self._margins.offsets(lifetime)
         return Entry(token, hard - stale, hard - expired)
-
-    async def _provider_for(self, key: str) -> Provider:
-        provider = self._providers.get(key) or self._resolved.get(key)
-        if provider is not None:
-            return provider
-        if self._factory is not None:
-            result = self._factory(key)
-            if inspect.isawaitable(result):
-                result = await result
-            if result is not None:
-                # A runtime Protocol check costs microseconds: do it once per provider class.
-                if type(result) not in self._provider_types:
-                    if not isinstance(result, Provider):
-                        raise ConfigurationError(
-                            f"provider_factory returned {type(result).__name__}, not a Provider",
-                            key=key,
-                        )
-                    self._provider_types.add(type(result))
-                self._resolved[key] = result
-                return result
-        raise CredentialNotFoundError(
-            "no provider registered for this key: call add(key, provider, ...) or pass a "
-            "provider_factory",
-            key=key,
-        )
 
     def _session_for_tokens(self) -> aiohttp.ClientSession:
         if self._session is not None and self._session.closed:
@@ -671,12 +695,13 @@ class TokenManager:
 class _Outlet:
     """Where one refresh of ``key`` delivers: the manager's cache and ``flight``'s callers."""
 
-    __slots__ = ("_flight", "_key", "_manager")
+    __slots__ = ("_flight", "_key", "_manager", "requested")
 
     def __init__(self, manager: TokenManager, key: str, flight: Flight) -> None:
         self._manager = manager
         self._key = key
         self._flight = flight
+        self.requested = False  # published a token from the endpoint (not picked up)
 
     @property
     def fenced(self) -> bool:
@@ -702,6 +727,7 @@ class _Outlet:
         return stored
 
     def publish(self, token: Token, issued_mono: float, issued_wall: float) -> None:
+        self.requested = True
         if not self._flight.fenced:
             manager = self._manager
             manager._rejected.pop(self._key, None)

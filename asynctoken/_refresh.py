@@ -35,6 +35,7 @@ import aiohttp
 
 from ._clock import Clock
 from ._errors import InvalidGrantError, MalformedResponseError, TokenError, TransientError
+from ._observe import Observer
 from ._policy import RetryPolicy
 from ._saving import RotationSaver
 from ._secrets import mask
@@ -84,12 +85,14 @@ class Refresher:
         lock_timeout: seconds to wait for the store's lock.
         save_patience: seconds to keep trying a refused save while holding the lock.
         min_interval: seconds a credential must have been issued before an unforced refresh.
+        observer: told about each token request, retry, fallback and rotation.
     """
 
     __slots__ = (
         "_clock",
         "_lock_timeout",
         "_min_interval",
+        "_observe",
         "_retry",
         "_save_patience",
         "_saver",
@@ -108,6 +111,7 @@ class Refresher:
         lock_timeout: float,
         save_patience: float,
         min_interval: float,
+        observer: Observer,
     ) -> None:
         self._store = store
         self._saver = saver
@@ -117,6 +121,7 @@ class Refresher:
         self._lock_timeout = lock_timeout
         self._save_patience = save_patience
         self._min_interval = min_interval
+        self._observe = observer
 
     async def run(
         self,
@@ -187,6 +192,8 @@ class Refresher:
             except MalformedResponseError as exc:
                 # 5'. Save what an unusable answer carried: the server has probably rotated.
                 saved = await self._salvage(key, exc, stored, provider)
+                if exc.refresh_token and exc.refresh_token != old_refresh:
+                    self._observe.rotated(key, provider, saved)
                 if saved and exc.refresh_token:
                     outlet.holds(exc.refresh_token)
                 if not saved:
@@ -200,6 +207,8 @@ class Refresher:
                 saved = True  # removed meanwhile: never bring the credential back
             else:
                 saved = await self._saver.save(key, token, stored)
+            if token.refresh_token != old_refresh:
+                self._observe.rotated(key, provider, saved)
             if self._clock.time() >= token.expires_at:
                 outlet.holds(token.refresh_token)
                 error = MalformedResponseError(
@@ -271,6 +280,7 @@ class Refresher:
                 key,
                 mask(refresh_token),
             )
+            self._observe.fallback(key, provider)
             return await self._with_retries(key, provider, None, started, stored)
 
     async def _with_retries(
@@ -292,9 +302,10 @@ class Refresher:
             issued_wall = self._clock.time()
             issued_mono = self._clock.monotonic()
             try:
-                token = await provider.fetch_token(
-                    session, refresh_token=refresh_token, issued_at=issued_wall, **extra
-                )
+                with self._observe.request(key, provider, refresh_token is not None, attempt):
+                    token = await provider.fetch_token(
+                        session, refresh_token=refresh_token, issued_at=issued_wall, **extra
+                    )
                 return token, issued_mono, issued_wall
             except TransientError as exc:
                 delay = policy.delay(attempt, exc.retry_after)
@@ -316,6 +327,7 @@ class Refresher:
                     delay,
                     extra={"asynctoken_retry_delay": delay},
                 )
+                self._observe.retrying(key, provider, attempt, delay, exc)
                 await asyncio.sleep(delay)
 
     async def _salvage(

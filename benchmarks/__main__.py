@@ -39,6 +39,7 @@ SCENARIOS = (
     "dpop",
     "scale",
     "multi_tenant",
+    "events",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 

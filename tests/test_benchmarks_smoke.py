@@ -26,6 +26,7 @@ SCENARIOS = [
     "dpop",
     "scale",
     "multi_tenant",
+    "events",
 ]
 # Run the CLI with the peers made unimportable (as if not installed).
 HIDE_PEERS = (

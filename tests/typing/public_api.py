@@ -111,3 +111,21 @@ async def sealed_record_error(store: TokenStore) -> None:
         await store.get("tenant-1")
     except SealedRecordError as exc:
         print(exc.key, exc.key_id, exc.location)
+async def watched() -> None:
+    from asynctoken.events import Event, ReauthorizationRequired, RefreshFailed
+
+    alerts: list[str] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, ReauthorizationRequired):
+            alerts.append(f"{event.key}: {event.error.message}")
+        elif isinstance(event, RefreshFailed) and not event.background:
+            alerts.append(type(event.error).__name__)
+
+    async def on_event_async(event: Event) -> None:
+        alerts.append(event.key)
+
+    async with TokenManager(on_event=on_event, telemetry_keys=False) as tm:
+        await tm.get_token("k")
+    async with TokenManager(on_event=on_event_async, telemetry=False, lock_wait_threshold=2.0):
+        pass
