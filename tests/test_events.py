@@ -110,7 +110,8 @@ def texts_of(value: Any, depth: int = 0) -> Iterator[str]:
             yield from texts_of(getattr(value, field.name), depth + 1)
     if isinstance(value, BaseException):
         assert value.__traceback__ is None
-        assert value.__cause__ is None and value.__context__ is None
+        assert value.__cause__ is None
+        assert value.__context__ is None
         for item in (*value.args, *vars(value).values()):
             yield from texts_of(item, depth + 1)
 
@@ -216,9 +217,12 @@ async def test_every_kind_of_event_without_a_secret() -> None:
         "forced",
     ]
     succeeded = rec.of(RefreshSucceeded, "plain")
-    assert len(succeeded) == 4 and all(e.requested and e.provider == "keliweb" for e in succeeded)
+    assert len(succeeded) == 4
+    assert all(e.requested and e.provider == "keliweb" for e in succeeded)
     (retry,) = rec.of(RetryScheduled, "plain")[:1]
-    assert retry.attempt == 1 and isinstance(retry.error, TransientError) and retry.delay > 0
+    assert retry.attempt == 1
+    assert isinstance(retry.error, TransientError)
+    assert retry.delay > 0
     assert [e.dropped for e in rec.of(TokenInvalidated)] == [True, False]
     assert [e.grant for e in rec.of(FallbackGrantUsed)] == ["password"]
     assert [e.key for e in rec.of(FallbackGrantUsed)] == ["fallback"]
@@ -229,18 +233,23 @@ async def test_every_kind_of_event_without_a_secret() -> None:
     assert [e.reason for e in rec.of(CooldownEnded, "dead")] == ["elapsed", "reset"]
     (malformed,) = rec.of(RefreshFailed, "malformed")
     assert isinstance(malformed.error, MalformedResponseError)
-    assert malformed.error.refresh_token is None and malformed.error.reason
+    assert malformed.error.refresh_token is None
+    assert malformed.error.reason
     assert [e.saved for e in rec.of(RefreshTokenRotated, "malformed")] == [True]
     background = [e for e in rec.of(RefreshFailed, "plain") if e.background]
-    assert len(background) == 1 and isinstance(background[0].error, TransientError)
+    assert len(background) == 1
+    assert isinstance(background[0].error, TransientError)
     assert [(c.final, c.seconds) for c in rec.of(CooldownStarted, "plain")] == [(False, 10.0)]
     assert [e.reason for e in rec.of(CooldownEnded, "plain")] == ["refreshed"]
     failed_reads = [e for e in rec.of(StoreFailed) if e.operation == "get"]
-    assert failed_reads and failed_reads[0].key == "unreadable"
+    assert failed_reads
+    assert failed_reads[0].key == "unreadable"
     (lock_failure,) = [e for e in rec.of(StoreFailed) if e.operation == "lock"]
-    assert isinstance(lock_failure.error, StoreLockTimeoutError) and lock_failure.key == "locked"
+    assert isinstance(lock_failure.error, StoreLockTimeoutError)
+    assert lock_failure.key == "locked"
     waits = rec.of(LockWaitedLong, "locked")
-    assert [w.acquired for w in waits] == [False] and waits[0].seconds >= 0.05
+    assert [w.acquired for w in waits] == [False]
+    assert waits[0].seconds >= 0.05
     assert all(w.acquired for w in rec.of(LockWaitedLong, "plain"))
     rotations = rec.of(RefreshTokenRotated)
     assert len(rotations) == sum(1 for r in server.requests if r.issued_refresh_token)
@@ -328,7 +337,8 @@ async def test_a_failing_subscriber_never_breaks_a_refresh(
     assert server.token_requests == 3
     assert len(calls) == 9
     failures = [r for r in caplog.records if "on_event subscriber failed" in r.getMessage()]
-    assert len(failures) == 9 and failures[0].exc_info is not None
+    assert len(failures) == 9
+    assert failures[0].exc_info is not None
 
 
 async def test_close_gives_a_stuck_subscriber_close_timeout(

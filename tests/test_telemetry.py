@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -66,12 +65,12 @@ _telemetry: Telemetry | None = None
 
 
 @pytest.fixture
-def otel() -> Iterator[Telemetry]:
+def otel() -> Telemetry:
     global _telemetry
     if _telemetry is None:
         _telemetry = Telemetry()
     _telemetry.spans.clear()
-    yield _telemetry
+    return _telemetry
 
 
 def delta(before: dict[Key, float], after: dict[Key, float]) -> dict[Key, float]:
@@ -172,7 +171,8 @@ async def test_spans_nest_under_the_refresh(otel: Telemetry, server: FakeOAuthSe
     (refresh,) = spans(otel, "asynctoken refresh")
     (request,) = spans(otel, "asynctoken token request")
     (lock,) = spans(otel, "asynctoken lock wait")
-    assert request.parent is not None and lock.parent is not None
+    assert request.parent is not None
+    assert lock.parent is not None
     assert request.parent.span_id == lock.parent.span_id == refresh.context.span_id
     assert dict(refresh.attributes or {})["asynctoken.outcome"] == "refreshed"
     assert dict(refresh.attributes or {})["asynctoken.trigger"] == "miss"

@@ -111,6 +111,8 @@ async def sealed_record_error(store: TokenStore) -> None:
         await store.get("tenant-1")
     except SealedRecordError as exc:
         print(exc.key, exc.key_id, exc.location)
+
+
 async def watched() -> None:
     from asynctoken.events import Event, ReauthorizationRequired, RefreshFailed
 
