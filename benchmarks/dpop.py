@@ -20,7 +20,7 @@ import aiohttp
 from asynctoken import DPoPKey, Token, TokenManager
 
 from ._harness import Context, Row, ScenarioResult, fmt_ns, judge, median, paired_ratio
-from .middleware import CONCURRENCY, make_batch
+from .middleware import CONCURRENCY, aiohttp_get, make_batch
 
 TITLE = "middleware throughput with DPoP (loopback API)"
 TARGET = 0.5  # a signature per request: at least half the bearer throughput
@@ -109,7 +109,9 @@ async def run(ctx: Context) -> ScenarioResult:
                 for name, tm in (("dpop", dpop_tm), ("bearer", bearer_tm))
             }
             try:
-                batches = {name: make_batch(s, url, failures) for name, s in sessions.items()}
+                batches = {
+                    name: make_batch(aiohttp_get(s), url, failures) for name, s in sessions.items()
+                }
                 for batch in batches.values():
                     await batch(min(n, 300))
                 names = list(batches)
