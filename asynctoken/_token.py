@@ -12,7 +12,14 @@ from typing import Any, Final
 
 from ._secrets import mask
 
-__all__ = ["LONE_SURROGATE", "UNSTORABLE", "Token", "storable", "storable_value"]
+__all__ = [
+    "LONE_SURROGATE",
+    "MAX_NESTING",
+    "UNSTORABLE",
+    "Token",
+    "storable",
+    "storable_value",
+]
 
 #: A UTF-16 surrogate on its own (a server that cut an emoji in half): no UTF-8 encoder takes it.
 LONE_SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
@@ -30,12 +37,18 @@ class _Unstorable:
 UNSTORABLE: Final = _Unstorable()
 
 
-def storable_value(value: Any) -> Any:
+#: Deeper values are dropped: no token answer nests like that, and it keeps every record within
+#: what every reader takes back (Redis's cjson gives up at 1,000 levels) and every stack.
+MAX_NESTING: Final = 32
+
+
+def storable_value(value: Any, _depth: int = 0) -> Any:
     """``value`` as every store can encode it (strict JSON, UTF-8).
 
     Non-finite floats and :data:`UNSTORABLE` stay :data:`UNSTORABLE` (the caller drops them),
-    lone surrogates become U+FFFD, containers are cleaned recursively (dropping such members);
-    anything that is not JSON data at all becomes :data:`UNSTORABLE` too.
+    lone surrogates become U+FFFD, containers are cleaned recursively (dropping such members,
+    and containers nested deeper than :data:`MAX_NESTING`); anything that is not JSON data at
+    all becomes :data:`UNSTORABLE` too.
     """
     if value is None or isinstance(value, (bool, int)):
         return value
@@ -43,17 +56,21 @@ def storable_value(value: Any) -> Any:
         return value if math.isfinite(value) else UNSTORABLE
     if isinstance(value, str):
         return LONE_SURROGATE.sub("\ufffd", value)
-    if isinstance(value, (list, tuple)):
-        items = (storable_value(v) for v in value)
-        return [v for v in items if v is not UNSTORABLE]
+    if not isinstance(value, (list, tuple, Mapping)) or _depth >= MAX_NESTING:
+        return UNSTORABLE
     if isinstance(value, Mapping):
         cleaned: dict[str, Any] = {}
         for name, item in value.items():
-            clean = storable_value(item)
+            clean = storable_value(item, _depth + 1)
             if isinstance(name, str) and clean is not UNSTORABLE:
                 cleaned[storable_value(name)] = clean
         return cleaned
-    return UNSTORABLE
+    items = []
+    for item in value:
+        clean = storable_value(item, _depth + 1)
+        if clean is not UNSTORABLE:
+            items.append(clean)
+    return items
 
 
 def storable(token: Token) -> Token:

@@ -8,6 +8,7 @@ store (memory, file, Redis).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,8 @@ ODD_BUT_USABLE = {
     "lone surrogate": ['"company_name": "Empresa \\ud83d"', '"\\udc00key": "v"'],
     "thousands of digits": ['"serial": ' + "9" * 5000],
     "very deep nesting": ['"deep": ' + "[" * 100_000 + "]" * 100_000],
+    # Parsed by json, then too deep to clean recursively without a bound (two frames a level).
+    "600 levels": ['"company_name": ' + "[" * 600 + "]" * 600],
 }
 
 
@@ -116,6 +119,29 @@ async def test_odd_fields_keep_what_is_usable(fake_oauth_server: Any) -> None:
     assert result.extra["company_id"] == 42
     assert "ratio" not in result.extra
     assert "serial" not in result.extra
+
+
+async def test_nesting_deeper_than_redis_can_read_never_reaches_the_store(
+    fake_oauth_server: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """An application that raised the recursion limit parses an 1,100-deep value; stored as is,
+    Redis's compare-and-swap (cjson, 1,000 levels at most) could never read the record again,
+    and every later rotation would be lost."""
+    server = await fake_oauth_server("keliweb", expires_in=3600)
+    store = RedisStore(redis_url, prefix=redis_prefix)
+    deep = '"company": ' + '{"a": ' * 1100 + "1" + "}" * 1100
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)
+    try:
+        tm, result = await refresh_with(server, store, with_raw_members(deep))
+    finally:
+        sys.setrecursionlimit(limit)
+    async with tm:
+        assert isinstance(result, Token)
+        second = await tm.refresh("k")  # a compare-and-swap on the stored record
+        assert server.is_valid_access_token(second.access_token)
+        await assert_store_holds_the_live_refresh_token(server, store)
+    assert server.reuse_detected == 0
 
 
 class EncodingRefusingStore(MemoryStore):
