@@ -36,9 +36,10 @@ from ._clock import Clock, SystemClock
 from ._cooldown import Cooldowns
 from ._errors import ConfigurationError, TokenError
 from ._observe import Observer, RefreshWatch
+from ._outlet import CacheOutlet
 from ._policy import Margins, RetryPolicy, check_seconds
 from ._refresh import Refresher
-from ._registry import ProviderFactory, ProviderRegistry
+from ._registry import ProviderFactory, ProviderRegistry, TokenSession
 from ._saving import RotationSaver
 from ._secrets import mask
 from ._token import Token
@@ -136,10 +137,9 @@ class TokenManager:
         "_rejected",
         "_retry",
         "_saver",
-        "_session",
+        "_sessions",
         "_store",
         "_tasks",
-        "_token_session",
         "_used",
         "_wall",
     )
@@ -183,8 +183,7 @@ class TokenManager:
         if store is not None and not isinstance(store, TokenStore):
             raise ConfigurationError(f"store must implement TokenStore, got {type(store).__name__}")
         self._store: TokenStore = store if store is not None else MemoryStore()
-        self._session = session
-        self._token_session: aiohttp.ClientSession | None = None
+        self._sessions = TokenSession(session)  # never the user's session itself
         self._margins = margins or Margins()
         self._retry = retry or RetryPolicy()
         self._lock_timeout = lock_timeout
@@ -225,7 +224,7 @@ class TokenManager:
         self._refresher = Refresher(
             store,
             self._saver,
-            session=self._session_for_tokens,
+            session=self._sessions,
             retry=self._retry,
             clock=self._clock,
             lock_timeout=lock_timeout,
@@ -489,8 +488,7 @@ class TokenManager:
             await self._saver.flush(lock_timeout=min(self._lock_timeout, 5.0))
         finally:
             try:
-                if self._token_session is not None:
-                    await self._token_session.close()
+                await self._sessions.aclose()
             finally:
                 try:
                     await self._store.aclose()
@@ -584,7 +582,7 @@ class TokenManager:
             try:
                 provider = await self._providers.resolve(key)
                 name = provider.name
-                outlet = _Outlet(self, key, flight)
+                outlet = CacheOutlet(self, key, flight)
                 token = await self._refresher.run(
                     key, provider, outlet, force=force, background=background, hurry=hurry
                 )
@@ -639,29 +637,6 @@ class TokenManager:
         stale, expired = self._margins.offsets(lifetime)
         return Entry(token, hard - stale, hard - expired)
 
-    def _session_for_tokens(self) -> aiohttp.ClientSession:
-        if self._session is not None and self._session.closed:
-            raise TokenError(
-                "the aiohttp.ClientSession given to TokenManager(session=...) is closed; close "
-                "the manager before the session"
-            )
-        session = self._token_session
-        if session is None or session.closed:
-            # Own cookie jar and no middlewares, whatever the user's session has: a refresh
-            # token cookie must never land in a shared jar, and a token request must never
-            # pass through the auth middleware that is waiting for it.
-            if self._session is not None:
-                session = aiohttp.ClientSession(
-                    connector=self._session.connector,
-                    connector_owner=False,
-                    cookie_jar=aiohttp.DummyCookieJar(),
-                    trust_env=self._session.trust_env,
-                )
-            else:
-                session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-            self._token_session = session
-        return session
-
     def _forget(self, key: str) -> None:
         flight = self._inflight.pop(key, None)
         if flight is not None:
@@ -690,56 +665,3 @@ class TokenManager:
         if self._used and not self._closed:
             self._forked_from = os.getppid()
             self._fresh.clear()  # so that even a cached token goes the slow way, and is refused
-
-
-class _Outlet:
-    """Where one refresh of ``key`` delivers: the manager's cache and ``flight``'s callers."""
-
-    __slots__ = ("_flight", "_key", "_manager", "requested")
-
-    def __init__(self, manager: TokenManager, key: str, flight: Flight) -> None:
-        self._manager = manager
-        self._key = key
-        self._flight = flight
-        self.requested = False  # published a token from the endpoint (not picked up)
-
-    @property
-    def fenced(self) -> bool:
-        return self._flight.fenced
-
-    def pick_up(self, stored: Token | None, *, need_fresh: bool) -> Token | None:
-        """Cache and return ``stored`` if it is a valid token nobody rejected.
-
-        A background refresh (of a stale token) wants a fresh one; a waiting caller takes any
-        token that is not expired.
-        """
-        manager = self._manager
-        if stored is None or not stored.access_token:
-            return None
-        if manager._rejected.get(self._key) == stored.access_token:
-            return None
-        now = manager._monotonic()
-        entry = manager._entry(stored, now, manager._wall())
-        if now >= (entry.stale_at if need_fresh else entry.expired_at):
-            return None
-        if not self._flight.fenced:
-            manager._remember(self._key, entry)
-        return stored
-
-    def publish(self, token: Token, issued_mono: float, issued_wall: float) -> None:
-        self.requested = True
-        if not self._flight.fenced:
-            manager = self._manager
-            manager._rejected.pop(self._key, None)
-            manager._remember(self._key, manager._entry(token, issued_mono, issued_wall))
-
-    def holds(self, refresh_token: str | None) -> None:
-        self._flight.refresh_token = refresh_token
-
-    def release(self, result: Token | BaseException) -> None:
-        # Later callers start anew (behind the lock this refresh still holds).
-        self._manager._land(self._key, self._flight)
-        if isinstance(result, Token):
-            self._flight.succeed(result)
-        else:
-            self._flight.fail(result)

@@ -1,16 +1,18 @@
-"""Which provider renews which credential: registered ones, and ones a factory resolves."""
+"""How token endpoints are reached: which provider renews which credential (registered, or
+resolved by a factory), and the HTTP session token requests go through."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import cachetools
 
-from ._errors import ConfigurationError, CredentialNotFoundError
+from ._errors import ConfigurationError, CredentialNotFoundError, TokenError
 from .providers._base import Provider
 
-__all__ = ["ProviderFactory", "ProviderRegistry"]
+__all__ = ["ProviderFactory", "ProviderRegistry", "TokenSession"]
 
 ProviderFactory = Callable[[str], "Provider | Awaitable[Provider | None] | None"]
 """Resolves the provider for a key that was not registered with :meth:`TokenManager.add`."""
@@ -81,3 +83,53 @@ class ProviderRegistry:
             "provider_factory",
             key=key,
         )
+
+
+class TokenSession:
+    """The :class:`aiohttp.ClientSession` token requests go through, created on first use.
+
+    It has a cookie jar of its own and no middlewares, whatever the user's session has: a
+    refresh token cookie must never land in a shared jar, and a token request must never pass
+    through the auth middleware that is waiting for it. Given the user's session, it shares
+    that session's connection pool.
+
+    Args:
+        shared: the user's session (``TokenManager(session=...)``), or ``None``.
+    """
+
+    __slots__ = ("_shared", "current")
+
+    def __init__(self, shared: aiohttp.ClientSession | None) -> None:
+        self._shared = shared
+        self.current: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        """The session to send a token request with.
+
+        Raises:
+            TokenError: the user's session is closed.
+        """
+        shared = self._shared
+        if shared is not None and shared.closed:
+            raise TokenError(
+                "the aiohttp.ClientSession given to TokenManager(session=...) is closed; close "
+                "the manager before the session"
+            )
+        session = self.current
+        if session is None or session.closed:
+            if shared is not None:
+                session = aiohttp.ClientSession(
+                    connector=shared.connector,
+                    connector_owner=False,
+                    cookie_jar=aiohttp.DummyCookieJar(),
+                    trust_env=shared.trust_env,
+                )
+            else:
+                session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+            self.current = session
+        return session
+
+    async def aclose(self) -> None:
+        """Close the session this created (never the user's)."""
+        if self.current is not None:
+            await self.current.close()

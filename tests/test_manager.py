@@ -697,7 +697,7 @@ async def test_user_session_pool_is_used_but_not_its_jar_nor_closed(
 
 async def test_owned_session_is_closed(manager: TokenManager) -> None:
     await manager.get_token("k")
-    session = manager._token_session
+    session = manager._sessions.current
     assert session is not None
     await manager.aclose()
     assert session.closed
@@ -1017,8 +1017,8 @@ async def test_aclose_is_idempotent_and_safe_to_cancel(server: FakeOAuthServer) 
     await second  # ...and returns once it finished and everything is closed.
     assert await caller is not None
     assert refresh_tasks("k") == []
-    assert tm._token_session is not None
-    assert tm._token_session.closed
+    assert tm._sessions.current is not None
+    assert tm._sessions.current.closed
     await tm.aclose()  # idempotent
 
 

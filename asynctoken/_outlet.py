@@ -1,0 +1,75 @@
+"""Where one refresh delivers: the manager's token cache and the callers of its flight.
+
+The refresh protocol (:mod:`asynctoken._refresh`) sees the manager only through this
+:class:`~asynctoken._refresh.Outlet`: it hands over tokens picked up from the store or obtained
+from the endpoint, and settles the waiting callers early when a save keeps it busy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ._cache import Flight
+from ._token import Token
+
+if TYPE_CHECKING:
+    from ._manager import TokenManager
+
+__all__ = ["CacheOutlet"]
+
+
+class CacheOutlet:
+    """Where one refresh of ``key`` delivers: the manager's cache and ``flight``'s callers."""
+
+    __slots__ = ("_flight", "_key", "_manager", "requested")
+
+    def __init__(self, manager: TokenManager, key: str, flight: Flight) -> None:
+        self._manager = manager
+        self._key = key
+        self._flight = flight
+        self.requested = False  # published a token from the endpoint (not picked up)
+
+    @property
+    def fenced(self) -> bool:
+        """The credential was removed or replaced meanwhile: cache nothing."""
+        return self._flight.fenced
+
+    def pick_up(self, stored: Token | None, *, need_fresh: bool) -> Token | None:
+        """Cache and return ``stored`` if it is a valid token nobody rejected.
+
+        A background refresh (of a stale token) wants a fresh one; a waiting caller takes any
+        token that is not expired.
+        """
+        manager = self._manager
+        if stored is None or not stored.access_token:
+            return None
+        if manager._rejected.get(self._key) == stored.access_token:
+            return None
+        now = manager._monotonic()
+        entry = manager._entry(stored, now, manager._wall())
+        if now >= (entry.stale_at if need_fresh else entry.expired_at):
+            return None
+        if not self._flight.fenced:
+            manager._remember(self._key, entry)
+        return stored
+
+    def publish(self, token: Token, issued_mono: float, issued_wall: float) -> None:
+        """Cache a token just obtained from the token endpoint."""
+        self.requested = True
+        if not self._flight.fenced:
+            manager = self._manager
+            manager._rejected.pop(self._key, None)
+            manager._remember(self._key, manager._entry(token, issued_mono, issued_wall))
+
+    def holds(self, refresh_token: str | None) -> None:
+        """Note the refresh token the store holds (compared later, to end a cooldown early)."""
+        self._flight.refresh_token = refresh_token
+
+    def release(self, result: Token | BaseException) -> None:
+        """Settle the waiting callers now, while the refresh goes on holding the lock."""
+        # Later callers start anew (behind the lock this refresh still holds).
+        self._manager._land(self._key, self._flight)
+        if isinstance(result, Token):
+            self._flight.succeed(result)
+        else:
+            self._flight.fail(result)
