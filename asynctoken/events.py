@@ -23,13 +23,10 @@ Events never carry a secret: no access or refresh token, client secret or passwo
 :attr:`~asynctoken.MalformedResponseError.refresh_token`). Every event has the credential
 ``key`` and ``time`` (unix epoch seconds, on the manager's clock).
 
-Events of one refresh::
-
-    RefreshStarted ─┬─ (LockWaitedLong) ─ (RetryScheduled…) ─ (FallbackGrantUsed)
-                    │    ─ (RefreshTokenRotated) ─ RefreshSucceeded
-                    └─ … ─ RefreshFailed ─ (ReauthorizationRequired) ─ (CooldownStarted)
-
-Every ``RefreshStarted`` is followed by exactly one ``RefreshSucceeded`` or ``RefreshFailed``.
+A refresh emits, in order: ``RefreshStarted``; maybe ``LockWaitedLong``, ``RetryScheduled``
+(once per retry), ``FallbackGrantUsed`` and ``RefreshTokenRotated``; then exactly one of
+``RefreshSucceeded`` or ``RefreshFailed``, the latter maybe followed by
+``ReauthorizationRequired`` and ``CooldownStarted``.
 """
 
 from __future__ import annotations
