@@ -459,6 +459,34 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"RedisStore(url={self._location!r}, prefix={self._prefix!r})"
 
+    def _reopen(self) -> RedisStore:
+        """The same server, prefix and settings, through a connection pool of its own.
+
+        For a forked child (see :mod:`asynctoken.sync`): the parent's connections are shared
+        sockets (their replies would interleave) bound to an event loop that does not run in
+        the child. The new store owns its client, even if this one was given a client.
+        """
+        pool = self._client.connection_pool
+        fresh = type(pool)(
+            connection_class=pool.connection_class,
+            max_connections=pool.max_connections,
+            **pool.connection_kwargs,
+        )
+        client = Redis(connection_pool=fresh)
+        client.auto_close_connection_pool = True
+        store = RedisStore(
+            client,
+            prefix=self._prefix,
+            lock_ttl=self._lock_ttl,
+            poll_interval=self._poll_interval,
+            scan_count=self._scan_count,
+        )
+        store._owns_client = True
+        store._location = self._location
+        if self._gate is not None:
+            store._gate = asyncio.Semaphore(pool.max_connections)
+        return store
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _cred(self, key: str) -> str:
