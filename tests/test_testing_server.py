@@ -864,6 +864,10 @@ async def test_standalone_process(http: aiohttp.ClientSession) -> None:
         assert stats["token_requests"] == 3
         assert stats["reuse_detected"] == 1
         assert stats["outcomes"] == {"ok": 1, "reused": 1, "injected:500": 1}
+        summaries = (await call(http, "GET", base + "/_fake/requests")).json
+        assert [s["outcome"] for s in summaries] == ["ok", "reused", "injected:500"]
+        times = [s["loop_time"] for s in summaries]
+        assert times == sorted(times)
     finally:
         if proc.returncode is None:
             proc.terminate()
