@@ -39,6 +39,7 @@ from .stores import FileStore, MemoryStore, TokenStore
 
 if TYPE_CHECKING:
     from .stores import RedisStore
+    from .sync import SyncTokenManager
 
 __all__ = [
     "Clock",
@@ -61,6 +62,7 @@ __all__ = [
     "SealedRecordError",
     "StoreError",
     "StoreLockTimeoutError",
+    "SyncTokenManager",
     "SystemClock",
     "Token",
     "TokenEndpointError",
@@ -75,13 +77,18 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # RedisStore needs the optional ``redis`` extra: imported on first use only.
+    # RedisStore needs the optional ``redis`` extra; SyncTokenManager installs fork and exit
+    # hooks: both are imported on first use only.
     if name == "RedisStore":
         from .stores import RedisStore
 
         return RedisStore
+    if name == "SyncTokenManager":
+        from .sync import SyncTokenManager
+
+        return SyncTokenManager
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"RedisStore"})
+    return sorted(set(globals()) | {"RedisStore", "SyncTokenManager"})

@@ -131,3 +131,20 @@ async def watched() -> None:
         await tm.get_token("k")
     async with TokenManager(on_event=on_event_async, telemetry=False, lock_wait_threshold=2.0):
         pass
+
+
+def sync_worker(path: str) -> str:
+    from asynctoken import SyncTokenManager as Exported
+    from asynctoken.sync import SyncTokenManager
+
+    assert Exported is SyncTokenManager
+    keliweb = KeliwebProvider(client_id="id", client_secret="secret")
+    with SyncTokenManager(store=FileStore(path), margins=Margins(refresh=120)) as tm:
+        stored: bool = tm.add("keliweb", keliweb, refresh_token="def502")
+        token: Token = tm.get_token("keliweb")
+        dropped: bool = tm.invalidate("keliweb", token)
+        assert stored or dropped
+        fresh: Token = tm.refresh("keliweb")
+        removed: bool = tm.remove("keliweb")
+        assert removed
+        return fresh.authorization

@@ -1,0 +1,71 @@
+"""Helpers for the sync facade's tests (imported by name: tests/ is not a package).
+
+Sync code must run in a thread without an event loop, so the fake server cannot live on the
+test's own loop: :class:`ThreadedServer` runs it on a loop in a thread of its own and forwards
+calls to it through an anyio portal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from asynctoken import KeliwebProvider
+from asynctoken.testing import FakeOAuthServer
+
+_T = TypeVar("_T")
+
+
+class ThreadedServer:
+    """A :class:`FakeOAuthServer` on its own loop thread; ``on(...)`` runs code on that loop."""
+
+    def __init__(self, portal: BlockingPortal, server: FakeOAuthServer) -> None:
+        self.portal = portal
+        self.server = server
+
+    def on(self, func: Callable[..., Awaitable[_T] | _T], *args: Any) -> _T:
+        """Call ``func(*args)`` on the server's loop (awaited if it is a coroutine function)."""
+        return self.portal.call(func, *args)
+
+    def provider(self, **kwargs: Any) -> KeliwebProvider:
+        return KeliwebProvider(
+            client_id=self.server.client_id,
+            client_secret=self.server.client_secret,
+            token_url=self.server.token_url,
+            **kwargs,
+        )
+
+    def seed(self) -> str:
+        """A new refresh token, in a new family."""
+        return self.on(self.server.issue_refresh_token)
+
+    @property
+    def token_requests(self) -> int:
+        return self.on(lambda: self.server.token_requests)
+
+    @property
+    def reuse_detected(self) -> int:
+        return self.on(lambda: self.server.reuse_detected)
+
+    def wait_for_token_requests(self, n: int) -> None:
+        self.on(self.server.wait_for_token_requests, n)
+
+
+def threaded_server(**options: Any) -> Iterator[ThreadedServer]:
+    """Start a fake Keliweb server on a loop thread (``options`` go to FakeOAuthServer)."""
+    with start_blocking_portal() as portal:
+        server = FakeOAuthServer("keliweb", **options)
+        portal.call(server.start)
+        try:
+            yield ThreadedServer(portal, server)
+        finally:
+            portal.call(server.close)
+
+
+@pytest.fixture
+def sync_server() -> Iterator[ThreadedServer]:
+    """A fake Keliweb server (one-hour tokens) on a loop thread of its own."""
+    yield from threaded_server(expires_in=3600)
