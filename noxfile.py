@@ -42,7 +42,13 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict over the package and the public-API typing checks."""
-    session.install("-e", ".[redis,test,jwt]", "mypy==2.4.1", "types-cachetools==7.0.0.20260713")
+    session.install(
+        "-e",
+        ".[redis,test,jwt]",
+        "mypy==2.4.1",
+        "types-cachetools==7.0.0.20260713",
+        "types-requests==2.33.0.20261030",
+    )
     session.run("mypy", "--strict")
     # The documentation's examples, as a user would type them (tests/docs_examples.py).
     examples = f"{session.create_tmp()}/docs-examples"

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from asynctoken import KeliwebProvider
@@ -69,3 +71,37 @@ def threaded_server(**options: Any) -> Iterator[ThreadedServer]:
 def sync_server() -> Iterator[ThreadedServer]:
     """A fake Keliweb server (one-hour tokens) on a loop thread of its own."""
     yield from threaded_server(expires_in=3600)
+
+
+class Apps:
+    """Small aiohttp apps of a test, served on 127.0.0.1 from the fake server's loop thread."""
+
+    def __init__(self, server: ThreadedServer) -> None:
+        self._server = server
+        self._running: list[TestServer] = []
+
+    def start(self, app: web.Application) -> str:
+        """Serve ``app``; returns its base URL (``http://127.0.0.1:<port>``)."""
+
+        async def start() -> TestServer:
+            test_server = TestServer(app, host="127.0.0.1")
+            await test_server.start_server()
+            return test_server
+
+        test_server = self._server.on(start)
+        self._running.append(test_server)
+        return str(test_server.make_url("")).rstrip("/")
+
+    def close(self) -> None:
+        for test_server in self._running:
+            self._server.on(test_server.close)
+
+
+@pytest.fixture
+def apps(sync_server: ThreadedServer) -> Iterator[Apps]:
+    """Start small aiohttp apps of the test's own; closed at teardown."""
+    started = Apps(sync_server)
+    try:
+        yield started
+    finally:
+        started.close()

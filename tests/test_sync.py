@@ -214,6 +214,23 @@ def test_invalidate_refresh_and_remove(
     assert sync_server.reuse_detected == 0
 
 
+def test_token_rejected_gives_the_token_to_retry_with(
+    sync_server: ThreadedServer, tm: SyncTokenManager
+) -> None:
+    tm.add("k", sync_server.provider(), refresh_token=sync_server.seed())
+    first = tm.get_token("k")
+    with ThreadPoolExecutor(THREADS) as pool:
+        retries = list(pool.map(lambda _: tm.token_rejected("k", first), range(THREADS)))
+    (second,) = {retry.access_token for retry in retries if retry is not None}
+    assert second != first.access_token
+    assert sync_server.token_requests == 2  # many rejections of one token: one refresh
+    assert tm.token_rejected("k", first) is not None  # already replaced: retry with the new one
+    assert sync_server.token_requests == 2
+    current = tm.get_token("k")
+    assert tm.token_rejected("k", current) is None  # refused within invalidate_interval
+    assert tm.get_token("k") is current
+
+
 def test_provider_factory_runs_in_a_worker_thread(
     sync_server: ThreadedServer, tmp_path: Path
 ) -> None:
@@ -245,6 +262,7 @@ def test_blocking_calls_from_a_running_event_loop_are_refused(tm: SyncTokenManag
             lambda: tm.get_token("k"),
             lambda: tm.add("k", object()),  # type: ignore[arg-type]
             lambda: tm.invalidate("k", token),
+            lambda: tm.token_rejected("k", token),
             lambda: tm.refresh("k"),
             lambda: tm.remove("k"),
             tm.close,

@@ -20,6 +20,7 @@ from asynctoken import (
     TokenManager,
     TokenStore,
 )
+from asynctoken.sync import SyncTokenManager
 
 
 async def keliweb_app() -> str:
@@ -135,7 +136,6 @@ async def watched() -> None:
 
 def sync_worker(path: str) -> str:
     from asynctoken import SyncTokenManager as Exported
-    from asynctoken.sync import SyncTokenManager
 
     assert Exported is SyncTokenManager
     keliweb = KeliwebProvider(client_id="id", client_secret="secret")
@@ -145,6 +145,18 @@ def sync_worker(path: str) -> str:
         dropped: bool = tm.invalidate("keliweb", token)
         assert stored or dropped
         fresh: Token = tm.refresh("keliweb")
+        retry: Token | None = tm.token_rejected("keliweb", fresh)
+        assert retry is None or retry.access_token
         removed: bool = tm.remove("keliweb")
         assert removed
         return fresh.authorization
+
+
+def sync_requests(tm: SyncTokenManager) -> int:
+    import requests
+
+    from asynctoken.requests import TokenAuth
+
+    with requests.Session() as http:
+        http.auth = TokenAuth(tm, "keliweb", origins=["https://fatture.keliweb.it"])
+        return http.get("https://fatture.keliweb.it/api/invoices").status_code
