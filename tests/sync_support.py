@@ -7,6 +7,12 @@ calls to it through an anyio portal.
 
 from __future__ import annotations
 
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -105,3 +111,93 @@ def apps(sync_server: ThreadedServer) -> Iterator[Apps]:
         yield started
     finally:
         started.close()
+
+
+class Process:
+    """A child process whose stdout lines are read by a thread, so waits can have deadlines."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self._stderr_seen = threading.Condition()
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        with self.popen.stdout as stdout:
+            for line in stdout:
+                self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def _read_stderr(self) -> None:
+        assert self.popen.stderr is not None
+        with self.popen.stderr as stderr:
+            for line in stderr:
+                with self._stderr_seen:
+                    self._stderr.append(line)
+                    self._stderr_seen.notify_all()
+        with self._stderr_seen:
+            self._stderr.append("")  # end of output
+            self._stderr_seen.notify_all()
+
+    def wait_for_stderr(self, text: str, timeout: float) -> None:
+        """Wait until ``text`` appears in the process's stderr (a log line)."""
+        with self._stderr_seen:
+            found = self._stderr_seen.wait_for(
+                lambda: (
+                    any(text in line for line in self._stderr)
+                    or (bool(self._stderr) and self._stderr[-1] == "")
+                ),
+                timeout=timeout,
+            )
+            if not found or not any(text in line for line in self._stderr):
+                raise AssertionError(f"{text!r} not seen in stderr: {self.stderr}")
+
+    def line(self, timeout: float = 60) -> str:
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no output within {timeout} s: {self.stderr}") from None
+        if line is None:
+            raise AssertionError(f"exited with {self.popen.wait()}: {self.stderr}")
+        return line
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)[-3000:]
+
+    def results(self, timeout: float = 60) -> list[dict[str, Any]]:
+        """Every JSON line until the process exits (which it must, with status 0)."""
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"did not finish within {timeout} s: {self.stderr}") from None
+            if line is None:
+                break
+            if line.startswith("{"):
+                found.append(json.loads(line))
+        assert self.popen.wait(10) == 0, self.stderr
+        return found
+
+    def stop(self) -> None:
+        """Kill it if it still runs; the pipes close once the readers reach their end."""
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
+        for reader in self._readers:
+            reader.join(10)
