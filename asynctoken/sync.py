@@ -32,7 +32,7 @@ from .stores._base import TokenStore
 
 __all__ = ["SyncTokenManager"]
 
-_ASYNC_NAMES = {"close": "aclose", "token_rejected": "invalidate"}
+_ASYNC_NAMES = {"close": "aclose"}
 
 
 def _nothing(_key: str) -> None:
@@ -59,13 +59,6 @@ def _off_the_loop(factory: ProviderFactory) -> ProviderFactory:
         return result
 
     return resolve
-
-
-async def _token_rejected(manager: TokenManager, key: str, token: Token) -> Token | None:
-    # In one trip to the loop: invalidate, then the next token, as the async adapters do.
-    await manager.invalidate(key, token)
-    fresh = await manager.get_token(key)
-    return None if fresh.access_token == token.access_token else fresh
 
 
 async def _register(manager: TokenManager, providers: dict[str, Provider]) -> None:
@@ -246,10 +239,9 @@ class SyncTokenManager:
     def token_rejected(self, key: str, token: Token) -> Token | None:
         """An API rejected ``token`` (HTTP 401): the token to retry with, or ``None``.
 
-        ``token`` is invalidated if it is still the current one (see :meth:`invalidate`), and
-        the next token is returned: a newer one another caller already obtained, or a new
-        one. ``None`` means a retry would not help: the manager kept ``token`` because it had
-        just replaced a rejected one (``invalidate_interval``).
+        See :meth:`TokenManager.token_rejected`: ``token`` is dropped if it is still the
+        current one and the next token is returned (any number of threads rejecting the same
+        token cause one refresh); ``None`` means a retry would not help.
 
         Raises:
             TokenError: the errors of :meth:`get_token`, when no token can be had.
@@ -257,7 +249,7 @@ class SyncTokenManager:
         """
         if _get_running_loop() is not None:
             _refuse_in_loop("token_rejected")
-        return self._running().call(_token_rejected, key, token)
+        return self._running().call(TokenManager.token_rejected, key, token)
 
     def refresh(self, key: str) -> Token:
         """Refresh ``key`` now and return the result (see :meth:`TokenManager.refresh`)."""

@@ -274,7 +274,7 @@ async def run(ctx: Context) -> ScenarioResult:
             judge(sync_ratio <= SYNC_TARGET),
             sync_ratio,
             "a plain call: running-loop check, then the async manager's _peek_fresh (one dict "
-            "read and a deadline compared on the monotonic clock); no round trip to its loop",
+            "read, one monotonic clock read); no round trip to its loop thread",
             {"sync_ns": samples["sync"]},
             limit=SYNC_TARGET,
         )

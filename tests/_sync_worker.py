@@ -24,8 +24,9 @@ import time
 from typing import Any
 
 import requests
+from _worker import MARGINS
 
-from asynctoken import FileStore, KeliwebProvider, Margins, RetryPolicy, TokenStore
+from asynctoken import FileStore, KeliwebProvider, RetryPolicy, TokenStore
 from asynctoken.requests import TokenAuth
 from asynctoken.sync import SyncTokenManager
 
@@ -46,7 +47,7 @@ def manager(args: argparse.Namespace) -> SyncTokenManager:
     tm = SyncTokenManager(
         store=open_store(args.store),
         retry=RetryPolicy(attempts=3, deadline=10.0, initial_delay=0.05, max_delay=0.2),
-        margins=Margins(refresh=300, expiry=0.2, refresh_ratio=0.4, expiry_ratio=0.1),
+        margins=MARGINS,
         lock_timeout=30.0,
     )
     provider = KeliwebProvider("test-client", "test-secret", token_url=args.token_url)

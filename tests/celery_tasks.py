@@ -11,9 +11,10 @@ import os
 from typing import Any
 
 import requests
+from _worker import MARGINS
 from celery import Celery
 
-from asynctoken import FileStore, KeliwebProvider, Margins
+from asynctoken import FileStore, KeliwebProvider
 from asynctoken.requests import TokenAuth
 from asynctoken.sync import SyncTokenManager
 
@@ -30,7 +31,7 @@ app.conf.update(
 CREATED_IN = os.getpid()
 tm = SyncTokenManager(
     store=FileStore(os.environ["ASYNCTOKEN_TEST_STORE"]),
-    margins=Margins(refresh=300, expiry=0.2, refresh_ratio=0.4, expiry_ratio=0.1),
+    margins=MARGINS,
 )
 tm.add(
     "shared",

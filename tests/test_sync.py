@@ -107,7 +107,7 @@ def test_fresh_token_is_served_while_the_loop_thread_is_blocked(
 def test_a_token_past_its_fresh_deadline_is_not_served_while_the_loop_is_stalled(
     tmp_path: Path,
 ) -> None:
-    """The loop's freshness timer cannot run while the loop is stalled; the hot path compares
+    """Nothing on the stalled loop can take the token out of the cache; the hot path compares
     the deadline itself, so sync callers never get a token the async manager would not serve."""
     entered, release = threading.Event(), threading.Event()
 
@@ -122,19 +122,21 @@ def test_a_token_past_its_fresh_deadline_is_not_served_while_the_loop_is_stalled
         )
         with manager, ThreadPoolExecutor(1) as pool:
             manager.add("k", server.provider(), refresh_token=server.seed())
-            token = manager.get_token("k")
-            entry = manager._manager._hot["k"]
+            manager.get_token("k")
+            issued = time.monotonic()  # later than the request: the deadline comes before
             blocked = pool.submit(manager.get_token, "unknown")
             assert entered.wait(30)
             try:
-                while time.monotonic() < entry.stale_at:  # let the token age past fresh
-                    time.sleep(entry.stale_at - time.monotonic())
-                assert manager._manager._fresh.get("k") is token  # the timer could not run
+                fresh_for = 1.0 - Margins().offsets(1.0)[0]
+                while time.monotonic() < issued + fresh_for:  # let the token age past fresh
+                    time.sleep(issued + fresh_for - time.monotonic())
+                assert "k" in manager._manager._fresh  # still cached: the loop cannot run
                 assert manager._manager._peek_fresh("k") is None
             finally:
                 release.set()
             with pytest.raises(CredentialNotFoundError):
                 blocked.result(30)
+            assert manager.get_token("k").access_token
 
 
 def test_an_injected_clock_decides_freshness_on_the_hot_path(tmp_path: Path) -> None:
