@@ -68,6 +68,9 @@ class Runtime:
     Args:
         manager: the async manager; this runtime closes it.
         name: the loop thread's name.
+        close_within: seconds :meth:`close` waits for the loop thread to finish closing (the
+            manager's own close is bounded by its ``close_timeout`` and lock timeouts; this
+            only guards against a loop blocked by foreign code, so that exit never hangs).
     """
 
     __slots__ = (
@@ -79,12 +82,14 @@ class Runtime:
         "_portal",
         "_stopping",
         "_thread",
+        "close_within",
         "manager",
         "pid",
     )
 
-    def __init__(self, manager: TokenManager, *, name: str) -> None:
+    def __init__(self, manager: TokenManager, *, name: str, close_within: float) -> None:
         self.manager = manager
+        self.close_within = close_within
         self.pid = os.getpid()
         self._close_lock = threading.Lock()
         self._closed = False
@@ -145,18 +150,25 @@ class Runtime:
             if self._closed:
                 return
             try:
-                if not self._stopping:
-                    self._stopping = True
-                    with contextlib.suppress(RuntimeError):  # the loop already ended
-                        self._portal.start_task_soon(_close_and_stop, self.manager, self._portal)
-                self._finished.wait()
+                self.close_soon()
+                if not self._finished.wait(self.close_within):
+                    logger.error(
+                        "the SyncTokenManager's event loop thread did not finish closing within "
+                        "%g s: something blocks that loop (a provider factory doing blocking "
+                        "work on it?); giving up on it",
+                        self.close_within,
+                    )
             finally:
                 self._closed = True
                 with _REGISTRY_LOCK:
                     _OPEN.discard(self)
 
     def close_soon(self) -> None:
-        """Start :meth:`close` on the loop without waiting (a facade was garbage collected)."""
+        """Start closing on the loop without waiting (also what a collected facade does).
+
+        Never blocks, even on a busy loop: the close is handed over with
+        ``call_soon_threadsafe`` (the portal's own entry points wait for the loop to take them).
+        """
         if self._stopping or self.pid != os.getpid():
             return
         self._stopping = True

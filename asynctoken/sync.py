@@ -33,6 +33,9 @@ from .stores._base import TokenStore
 __all__ = ["SyncTokenManager"]
 
 _ASYNC_NAMES = {"close": "aclose"}
+# Beyond close_timeout, what closing may take: a last save under the store lock (bounded at 5 s
+# by the manager), closing the store and the HTTP session.
+_CLOSE_SLACK = 30.0
 
 
 def _nothing(_key: str) -> None:
@@ -351,7 +354,11 @@ class SyncTokenManager:
         forked = self._pid != pid
         if forked:
             manager = TokenManager(self._reopened_store(), **self._options)
-        runtime = Runtime(manager, name=f"asynctoken-sync-{id(self):x}")
+        runtime = Runtime(
+            manager,
+            name=f"asynctoken-sync-{id(self):x}",
+            close_within=self._options["close_timeout"] + _CLOSE_SLACK,
+        )
         if forked and self._providers:
             try:
                 runtime.call(_register, dict(self._providers))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import logging
 import pickle
 import subprocess
 import sys
@@ -429,3 +430,29 @@ def test_the_module_needs_no_optional_dependency() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "SyncTokenManager"
+
+
+def test_closing_never_waits_forever_for_a_blocked_loop(caplog: pytest.LogCaptureFixture) -> None:
+    """A loop blocked by foreign code (a provider factory that blocks) cannot make close(), or
+    interpreter exit, hang: the wait is bounded."""
+    from asynctoken import TokenManager
+    from asynctoken._sync_runtime import Runtime
+
+    runtime = Runtime(TokenManager(), name="asynctoken-sync-test", close_within=0.3)
+    entered, release = threading.Event(), threading.Event()
+
+    def block_the_loop() -> None:
+        entered.set()
+        release.wait(30)
+
+    runtime._portal.start_task_soon(block_the_loop)
+    assert entered.wait(30)
+    try:
+        with caplog.at_level(logging.ERROR, logger="asynctoken"):
+            runtime.close()  # returns after close_within, although the loop is still blocked
+        assert "did not finish closing within 0.3 s" in caplog.text
+    finally:
+        release.set()
+    runtime._thread.join(30)  # once unblocked, the loop closes the manager and ends
+    assert not runtime._thread.is_alive()
+    assert runtime.manager.closed
