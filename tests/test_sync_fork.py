@@ -18,6 +18,8 @@ from typing import IO, Any
 import pytest
 from sync_support import ThreadedServer, sync_server
 
+from asynctoken import FileStore, Token
+
 __all__ = ["sync_server"]
 
 PARENT = str(Path(__file__).with_name("_sync_fork.py"))
@@ -130,3 +132,32 @@ def test_child_does_not_keep_the_lock_of_a_parent_killed_while_holding_it(
     assert child["same_token"] is True
     assert child["removed"] is True
     assert_memory_store_error(child)
+
+
+async def test_a_reopened_store_has_the_same_data_and_cipher_and_nothing_shared(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """What a forked child's manager gets: the same file or server, prefix and cipher, with
+    locks and connections of its own."""
+    from asynctoken import RedisStore
+    from asynctoken.crypto import AESGCMCipher, generate_key
+
+    cipher = AESGCMCipher({"2026-12": generate_key()}, primary="2026-12")
+    token = Token(access_token="access-secret", expires_at=2e9, refresh_token="refresh-secret")
+    path = tmp_path / "tokens.json"
+    file_store = FileStore(path, cipher=cipher)
+    redis_store = RedisStore(redis_url, prefix=redis_prefix, cipher=cipher)
+    for store in (file_store, redis_store):
+        await store.put("k", token)
+        reopened = store._reopen()
+        assert type(reopened) is type(store)
+        assert reopened is not store
+        if isinstance(store, RedisStore):
+            assert reopened._client.connection_pool is not store._client.connection_pool
+        assert await reopened.get("k") == token
+        await reopened.put("k2", token)  # sealed with the same cipher
+        assert await store.get("k2") == token
+        await reopened.aclose()
+        assert await store.get("k") == token  # closing the copy left the original working
+        await store.aclose()
+    assert b"refresh-secret" not in path.read_bytes()

@@ -249,7 +249,10 @@ class FileStore:
         this instance at the moment of the fork, and that task never runs in the child.
         """
         return FileStore(
-            self._path, lock_timeout=self._lock_timeout, poll_interval=self._poll_interval
+            self._path,
+            cipher=self._codec.cipher,
+            lock_timeout=self._lock_timeout,
+            poll_interval=self._poll_interval,
         )
 
     # -- reading ---------------------------------------------------------------------------------

@@ -476,6 +476,7 @@ class RedisStore:
         client.auto_close_connection_pool = True
         store = RedisStore(
             client,
+            cipher=self._codec.cipher,
             prefix=self._prefix,
             lock_ttl=self._lock_ttl,
             poll_interval=self._poll_interval,
@@ -483,6 +484,7 @@ class RedisStore:
         )
         store._owns_client = True
         store._location = self._location
+        store._codec = self._codec  # the same cipher and the same password-free location
         if self._gate is not None:
             store._gate = asyncio.Semaphore(pool.max_connections)
         return store
