@@ -62,6 +62,10 @@ class TokenAuth(requests.auth.AuthBase):
     threads, cause one refresh. A 401 to the retry, or one that is not retried, is returned as
     is, its body readable; the retried answer keeps the first 401 in ``history``.
 
+    A token bound to a DPoP key (``Token.dpop_key``, see ``OAuth2Provider(dpop=True)``) is sent
+    as ``Authorization: DPoP`` with a new proof per request; a resource server's
+    ``use_dpop_nonce`` 401 is answered by sending the request once more with its nonce.
+
     A body that cannot be sent twice (a generator, an iterator, a file that cannot seek back)
     is not sent again: you get the 401, a warning is logged, and your next request gets a new
     token. Bytes, strings, forms, JSON, ``files=`` uploads and seekable files are replayed.
@@ -149,33 +153,66 @@ class TokenAuth(requests.auth.AuthBase):
         position: int | None,
         **send_options: Any,
     ) -> requests.Response:
-        """The response hook: on a 401 a new token can fix, send the request once more."""
-        if response.status_code != 401:
-            return response
+        """The response hook: on a 401 a new token can fix, send the request once more.
+
+        A DPoP resource server asking for its nonce (``use_dpop_nonce``) gets the request once
+        more with the same token and a proof carrying the nonce; the answer to that is judged
+        once more, as the first one (a new token at most once).
+        """
         rules = self._rules
-        sent = response.request
-        url = URL(sent.url or "")
-        # After a redirect, the answer may come from an origin that never saw the token.
-        if not rules.covers(url.scheme, url.raw_host, url.port):
-            return response
-        if rules.verdict(_challenges(response)) is Verdict.KEEP:
+        verdict = self._verdict(response, token, nonce_retry=True)
+        if verdict is Verdict.NONCE:
+            again = token_for_retry_sync(
+                self._manager, rules, token, verdict=verdict, **_retry_facts(response, position)
+            )
+            if again is None:
+                return response
+            response = self._send_again(response, again, position, send_options)
+            verdict = self._verdict(response, token, nonce_retry=False)
+        if verdict is not Verdict.NEW_TOKEN:
             return response
         fresh = token_for_retry_sync(
-            self._manager,
-            rules,
-            token,
-            replayable=_replayable(sent.body, position),
-            method=sent.method or "GET",
-            url=sent.url,
-            body=type(sent.body).__name__,
+            self._manager, rules, token, **_retry_facts(response, position)
         )
         if fresh is None:
             return response  # untouched: its body is still readable
+        return self._send_again(response, fresh, position, send_options)
+
+    def _verdict(self, response: requests.Response, token: Token, *, nonce_retry: bool) -> Verdict:
+        """:attr:`Verdict.NEW_TOKEN` for a 401 from an origin the token went to that another
+        token can fix; :attr:`Verdict.NONCE` (only when ``nonce_retry``) for a DPoP resource
+        server's ``use_dpop_nonce``; else :attr:`Verdict.KEEP`."""
+        rules = self._rules
+        sent_url = response.request.url
+        url = URL(sent_url or "")
+        # After a redirect, the answer may come from an origin that never saw the token.
+        if not rules.covers(url.scheme, url.raw_host, url.port):
+            return Verdict.KEEP
+        nonce = response.headers.get("DPoP-Nonce")
+        if response.status_code != 401:
+            if token.dpop_key is not None:  # a DPoP server may hand out its next nonce anytime
+                rules.observe_nonce(sent_url, nonce)
+            return Verdict.KEEP
+        verdict = rules.verdict(_challenges(response), dpop_nonce=nonce, url=sent_url)
+        if verdict is Verdict.NONCE and not nonce_retry:
+            return Verdict.KEEP
+        return verdict
+
+    def _send_again(
+        self,
+        response: requests.Response,
+        token: Token,
+        position: int | None,
+        send_options: dict[str, Any],
+    ) -> requests.Response:
+        """Send ``response``'s request once more with ``token``, through the transport adapter
+        (no hooks run: a 401 to it is not retried by them)."""
+        sent = response.request
         _drain(response)
         if position is not None:
             sent.body.seek(position)  # type: ignore[union-attr]
         retry = sent.copy()
-        # Never a second retry, even if the retry is redirected and then refused again.
+        # Never a further retry, even if this one is redirected and then refused again.
         retry.hooks = {
             event: [hook for hook in hooks if not self._is_own(hook)]
             for event, hooks in sent.hooks.items()
@@ -185,10 +222,9 @@ class TokenAuth(requests.auth.AuthBase):
         if cookies is not None:
             extract_cookies_to_jar(cookies, sent, response.raw)  # type: ignore[no-untyped-call]
             retry.prepare_cookies(cookies)
-        _authorize(retry, rules.headers(fresh, retry.method or "GET", retry.url))
-        # The transport adapter sends it: no hooks run again, so a 401 to it is final.
+        _authorize(retry, self._rules.headers(token, retry.method or "GET", retry.url))
         answer: requests.Response = response.connection.send(retry, **send_options)
-        answer.history.append(response)
+        answer.history = [*response.history, response, *answer.history]
         answer.request = retry
         return answer
 
@@ -218,6 +254,17 @@ def _position(request: requests.PreparedRequest) -> int | None:
     except (OSError, ValueError):  # closed, or a pipe
         pass
     return None
+
+
+def _retry_facts(response: requests.Response, position: int | None) -> dict[str, Any]:
+    """What :func:`token_for_retry_sync` needs to know of the request that got ``response``."""
+    sent = response.request
+    return {
+        "replayable": _replayable(sent.body, position),
+        "method": sent.method or "GET",
+        "url": sent.url,
+        "body": type(sent.body).__name__,
+    }
 
 
 def _replayable(body: object, position: int | None) -> bool:

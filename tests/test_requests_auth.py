@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
@@ -19,6 +20,9 @@ from sync_support import Apps, ThreadedServer, apps, sync_server
 from asynctoken import ConfigurationError, InvalidGrantError, TokenManager
 from asynctoken.requests import TokenAuth
 from asynctoken.sync import SyncTokenManager
+
+if TYPE_CHECKING:
+    from oidc_server import OIDCServer
 
 __all__ = ["apps", "sync_server"]  # fixtures, imported for pytest
 
@@ -348,3 +352,28 @@ def test_without_requests_the_module_says_what_to_install() -> None:
     )
     assert done.returncode == 1
     assert "pip install 'asynctoken[requests]'" in done.stderr
+
+
+def test_dpop_bound_tokens_get_a_proof_per_request_and_a_resource_nonce_is_answered(
+    oidc_server: OIDCServer,
+) -> None:
+    """Against the certified OpenID provider: its resource checks the DPoP binding and asks for
+    a nonce of its own once."""
+    from test_oidc_shared import credentials, provider_from
+
+    spec = credentials(oidc_server)[0]  # private_key_jwt + DPoP, the resource wants a nonce
+    assert spec["key"] == "key-jwt-dpop-nonce"
+    client_id = spec["provider"]["client_id"]
+    before = oidc_server.stats(client_id)
+    with SyncTokenManager() as tm, requests.Session() as http:
+        tm.add("k", provider_from(spec["provider"]), refresh_token=oidc_server.seed(client_id))
+        http.auth = TokenAuth(tm, "k")
+        for suffix in ("", "?page=2"):
+            response = http.post(spec["resource"] + suffix, data=b"payload")
+            assert response.status_code == 200, response.text
+            assert response.json()["bound"] == {"jkt": True, "x5t": False}
+    stats = oidc_server.stats(client_id)
+    new = {name: stats.get(name, 0) - before.get(name, 0) for name in stats}
+    assert new["resource_ok"] == 2
+    assert new["resource_use_dpop_nonce"] == 1  # asked once, then remembered
+    assert new["token_ok"] == 1
