@@ -17,11 +17,11 @@ import httpx
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from portal_manager import PortalManager
 from support import app_with, bearer, invalid_token, keliweb
 
 from asynctoken import ConfigurationError, InvalidGrantError, RetryPolicy, TokenManager
 from asynctoken.httpx import TokenAuth
+from asynctoken.sync import SyncTokenManager
 from asynctoken.testing import FakeOAuthServer
 
 KEY = "keliweb"
@@ -431,14 +431,14 @@ async def test_token_requests_never_pass_through_it(
 
 
 @pytest.fixture
-def sync_manager(server: FakeOAuthServer) -> Iterator[PortalManager]:
-    with PortalManager(lambda: TokenManager(retry=FAST_RETRY, invalidate_interval=0)) as tm:
+def sync_manager(server: FakeOAuthServer) -> Iterator[SyncTokenManager]:
+    with SyncTokenManager(retry=FAST_RETRY, invalidate_interval=0) as tm:
         tm.add(KEY, keliweb(server), refresh_token=server.issue_refresh_token())
         yield tm
 
 
 async def test_sync_client_with_a_sync_manager(
-    server: FakeOAuthServer, sync_manager: PortalManager, app_server: AppServer
+    server: FakeOAuthServer, sync_manager: SyncTokenManager, app_server: AppServer
 ) -> None:
     """16 threads share one httpx.Client; every first attempt is rejected, and the 401s are
     answered only once all 16 arrived (so that no thread gets its first token after another
@@ -484,7 +484,7 @@ async def test_sync_client_with_a_sync_manager(
 
 
 async def test_sync_streamed_body_is_not_sent_again(
-    server: FakeOAuthServer, sync_manager: PortalManager
+    server: FakeOAuthServer, sync_manager: SyncTokenManager
 ) -> None:
     await asyncio.to_thread(sync_manager.get_token, KEY)
     server.expire_all_access_tokens()
@@ -498,7 +498,7 @@ async def test_sync_streamed_body_is_not_sent_again(
 
 
 async def test_manager_kind_must_match_the_client(
-    manager: TokenManager, sync_manager: PortalManager
+    manager: TokenManager, sync_manager: SyncTokenManager
 ) -> None:
     seen: list[str | None] = []
     with (
