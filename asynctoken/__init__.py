@@ -35,7 +35,7 @@ from ._middleware import TokenMiddleware
 from ._policy import Margins, RetryPolicy
 from ._token import Token
 from .providers import ERPeasyProvider, KeliwebProvider, OAuth2Provider, Provider
-from .stores import FileStore, MemoryStore, TokenStore
+from .stores import FileStore, MemoryStore, SQLiteStore, TokenStore
 
 if TYPE_CHECKING:
     from .stores import RedisStore
@@ -59,6 +59,7 @@ __all__ = [
     "ProviderFactory",
     "RedisStore",
     "RetryPolicy",
+    "SQLiteStore",
     "SealedRecordError",
     "StoreError",
     "StoreLockTimeoutError",

@@ -1,7 +1,8 @@
 """Encryption at rest: :class:`AESGCMCipher` seals every record a store writes.
 
 Needs the ``cryptography`` package: ``pip install 'asynctoken[crypto]'``. Every persisting store
-(:class:`~asynctoken.FileStore`, :class:`~asynctoken.RedisStore`) takes ``cipher=``::
+(:class:`~asynctoken.FileStore`, :class:`~asynctoken.SQLiteStore`, :class:`~asynctoken.RedisStore`)
+takes ``cipher=``::
 
     from asynctoken import FileStore
     from asynctoken.crypto import AESGCMCipher

@@ -22,7 +22,15 @@ from typing import Any
 
 import aiohttp
 
-from asynctoken import FileStore, KeliwebProvider, Margins, RetryPolicy, TokenManager, TokenStore
+from asynctoken import (
+    FileStore,
+    KeliwebProvider,
+    Margins,
+    RetryPolicy,
+    SQLiteStore,
+    TokenManager,
+    TokenStore,
+)
 
 #: Margins of every worker: whole-second expiry is not an issue against the fake server, so no
 #: in-flight allowance; the tests derive their timing bounds from these.
@@ -30,12 +38,24 @@ MARGINS = Margins(refresh=300, expiry=0.2, refresh_ratio=0.4, expiry_ratio=0.1, 
 
 
 def open_store(spec: str) -> TokenStore:
+    """``redis://…|prefix[|lock_ttl]``, ``sqlite:PATH`` or a FileStore path; sealed with the
+    keys of ``ASYNCTOKEN_KEYS`` when it is set."""
+    cipher = None
+    if os.environ.get("ASYNCTOKEN_KEYS"):
+        from asynctoken.crypto import AESGCMCipher
+
+        cipher = AESGCMCipher.from_env()
     if spec.startswith("redis://"):
         from asynctoken import RedisStore
 
-        url, _, prefix = spec.partition("|")
-        return RedisStore(url, prefix=prefix or "asynctoken:")
-    return FileStore(spec)
+        url, _, rest = spec.partition("|")
+        prefix, _, ttl = rest.partition("|")
+        return RedisStore(
+            url, prefix=prefix or "asynctoken:", lock_ttl=float(ttl or 60), cipher=cipher
+        )
+    if spec.startswith("sqlite:"):
+        return SQLiteStore(spec.removeprefix("sqlite:"), cipher=cipher)
+    return FileStore(spec, cipher=cipher)
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -45,7 +45,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[TokenStore]:
 
 
 def test_exported_members() -> None:
-    names = {"FileStore", "MemoryStore", "RedisStore", "TokenStore"}
+    names = {"FileStore", "MemoryStore", "RedisStore", "SQLiteStore", "TokenStore"}
     assert asynctoken.stores.__all__ == sorted(names)
     for name in names:
         assert getattr(asynctoken.stores, name).__name__ == name

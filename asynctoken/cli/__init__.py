@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--store",
         required=True,
         metavar="PATH|URL",
-        help="a JSON token file, or a redis:// or rediss:// URL",
+        help="a JSON token file, an SQLite database (sqlite:PATH, or a path ending in .sqlite, "
+        ".sqlite3 or .db), or a redis:// or rediss:// URL",
     )
     store.add_argument("--prefix", help="key prefix of a Redis store (default: asynctoken:)")
 

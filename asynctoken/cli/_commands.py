@@ -33,6 +33,7 @@ __all__ = ["build_provider", "cmd_add", "cmd_refresh", "cmd_status", "open_store
 
 
 _STATUS_BATCH = 100  # records fetched together by `status`
+_SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 
 
 def _is_redis_url(target: str) -> bool:
@@ -75,7 +76,8 @@ def store_cipher(*, required: bool = False) -> Cipher | None:
 def open_store(
     args: argparse.Namespace, *, must_exist: bool, cipher: Cipher | None = None
 ) -> TokenStore:
-    """Open ``--store``: a ``redis://`` or ``rediss://`` URL, else a JSON file path.
+    """Open ``--store``: a ``redis://`` or ``rediss://`` URL, ``sqlite:PATH`` (also a path ending
+    in ``.sqlite``, ``.sqlite3`` or ``.db``) for an SQLite database, else a JSON file path.
 
     Records are sealed and opened with ``cipher``, by default the keys of ``ASYNCTOKEN_KEYS``
     when it is set.
@@ -98,13 +100,21 @@ def open_store(
         return RedisStore(target, prefix=args.prefix, cipher=cipher)
     if args.prefix is not None:
         raise CliError("--prefix applies to Redis stores only", EXIT_USAGE)
-    if must_exist and not os.path.exists(target):
-        raise CliError(f"store file not found: {target}", EXIT_STORE)
-    if os.path.isdir(target):
-        raise CliError(f"store path is a directory, not a file: {target}", EXIT_STORE)
+    sqlite = target.startswith("sqlite:") or target.lower().endswith(_SQLITE_SUFFIXES)
+    path = target.removeprefix("sqlite:")
+    if path.startswith("//"):  # sqlite:///absolute/path, as in SQLAlchemy URLs
+        path = path[2:]
+    if must_exist and not os.path.exists(path):
+        raise CliError(f"store file not found: {path}", EXIT_STORE)
+    if os.path.isdir(path):
+        raise CliError(f"store path is a directory, not a file: {path}", EXIT_STORE)
+    if sqlite:
+        from ..stores import SQLiteStore
+
+        return SQLiteStore(path, cipher=cipher)
     from ..stores import FileStore
 
-    return FileStore(target, cipher=cipher)
+    return FileStore(path, cipher=cipher)
 
 
 def _check_provider_args(args: argparse.Namespace) -> None:

@@ -2,6 +2,7 @@
 
 * :class:`MemoryStore`: this process only, nothing survives a restart (the default).
 * :class:`FileStore`: one JSON file, shared by the processes of one host.
+* :class:`SQLiteStore`: an SQLite database, for many credentials on one host.
 * :class:`RedisStore`: Redis, shared by every process and host; needs
   ``pip install 'asynctoken[redis]'`` and is imported only when first used.
 """
@@ -13,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 from ._base import TokenStore
 from ._file import FileStore
 from ._memory import MemoryStore
+from ._sqlite import SQLiteStore
 
 if TYPE_CHECKING:
     from ._redis import RedisStore
 
-__all__ = ["FileStore", "MemoryStore", "RedisStore", "TokenStore"]
+__all__ = ["FileStore", "MemoryStore", "RedisStore", "SQLiteStore", "TokenStore"]
 
 
 def __getattr__(name: str) -> Any:
