@@ -37,8 +37,9 @@ class Backend(Protocol):
         """A new store instance over this place."""
         ...
 
-    def spec(self) -> str:
-        """What tests/_worker.py needs to open this store in another process."""
+    def spec(self, lock_ttl: float | None = None) -> str:
+        """What tests/_worker.py needs to open this store in another process (``lock_ttl``:
+        the lease of a store whose lock is a lease)."""
         ...
 
     def cli_args(self) -> list[str]:
@@ -67,7 +68,7 @@ class FileBackend:
     def open(self, cipher: Cipher | None = None) -> TokenStore:
         return FileStore(self.path, cipher=cipher)
 
-    def spec(self) -> str:
+    def spec(self, lock_ttl: float | None = None) -> str:
         return str(self.path)
 
     def cli_args(self) -> list[str]:
@@ -96,7 +97,7 @@ class SQLiteBackend:
     def open(self, cipher: Cipher | None = None) -> TokenStore:
         return SQLiteStore(self.path, cipher=cipher)
 
-    def spec(self) -> str:
+    def spec(self, lock_ttl: float | None = None) -> str:
         return f"sqlite:{self.path}"
 
     def cli_args(self) -> list[str]:
@@ -126,9 +127,8 @@ class RedisBackend:
     def open(self, cipher: Cipher | None = None) -> TokenStore:
         return RedisStore(self.url, prefix=self.prefix, cipher=cipher)
 
-    def spec(self) -> str:
-        # A short lease: a worker killed inside the refresh lock blocks the next one that long.
-        return f"{self.url}|{self.prefix}|1.0"
+    def spec(self, lock_ttl: float | None = None) -> str:
+        return f"{self.url}|{self.prefix}" + ("" if lock_ttl is None else f"|{lock_ttl}")
 
     def cli_args(self) -> list[str]:
         return ["--store", self.url, "--prefix", self.prefix]

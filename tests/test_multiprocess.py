@@ -159,7 +159,9 @@ async def test_kill_9_during_refreshes_loses_nothing(backend: Backend) -> None:
     kills = KILLS
     lost_in_flight = 0
     resumed = 0
-    spec = backend.spec()
+    # A short Redis lease: a worker killed inside the refresh lock blocks the next one that long
+    # (one worker runs at a time here, so a lease lost to a stalled machine harms nobody).
+    spec = backend.spec(lock_ttl=1.0)
     async with FakeOAuthServer("keliweb", expires_in=3600, delay=0.002) as server:
         store = backend.open()
         await seed(store, server)

@@ -207,7 +207,9 @@ async def test_rekey_while_the_application_refreshes_loses_no_rotation(
             await asyncio.gather(*loops)
         for result in results:
             assert result.code == 0, result.out + result.err
-            assert result.counts()[0] >= HOT  # hot records written meanwhile were re-sealed
+        # Every run re-sealed records the application had written with the old key meanwhile.
+        assert results[0].counts()[0] >= 100
+        assert all(result.counts()[0] >= 1 for result in results[1:])
         during = server.token_requests
         for key in hot:  # every stored refresh token is the one the server considers live
             await tm.refresh(key)
