@@ -33,7 +33,8 @@ from ._errors import (
 from ._manager import ProviderFactory, TokenManager
 from ._middleware import TokenMiddleware
 from ._policy import Margins, RetryPolicy
-from ._token import Token
+from ._status import CredentialStatus
+from ._token import RefreshFailure, Token
 from .providers import ERPeasyProvider, KeliwebProvider, OAuth2Provider, Provider
 from .stores import FileStore, MemoryStore, SQLiteStore, TokenStore
 
@@ -45,6 +46,7 @@ __all__ = [
     "Clock",
     "ConfigurationError",
     "CredentialNotFoundError",
+    "CredentialStatus",
     "DPoPKey",
     "ERPeasyProvider",
     "FileStore",
@@ -58,6 +60,7 @@ __all__ = [
     "Provider",
     "ProviderFactory",
     "RedisStore",
+    "RefreshFailure",
     "RetryPolicy",
     "SQLiteStore",
     "SealedRecordError",

@@ -109,6 +109,12 @@ class Cooldowns:
     def __len__(self) -> int:
         return len(self._failures)
 
+    def until(self, key: str) -> float | None:
+        """When ``key``'s cooldown (or background pause) ends, on the monotonic clock."""
+        self._failures.expire()
+        failure = self._failures.get(key)
+        return None if failure is None else failure.until
+
     def forget(self, key: str, reason: Literal["refreshed", "reset"] = "reset") -> None:
         """Drop ``key``'s failure: it refreshed, or it was reconfigured, replaced or removed."""
         self._failures.expire()

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +35,7 @@ from . import _fork
 from ._cache import Entry, Flight, HotCache
 from ._clock import Clock, SystemClock
 from ._cooldown import Cooldowns
-from ._errors import ConfigurationError, TokenError
+from ._errors import ConfigurationError, CredentialNotFoundError, StoreError, TokenError
 from ._observe import Observer, RefreshWatch
 from ._outlet import CacheOutlet
 from ._policy import Margins, RetryPolicy, check_seconds
@@ -42,6 +43,7 @@ from ._refresh import Refresher
 from ._registry import ProviderFactory, ProviderRegistry, TokenSession
 from ._saving import RotationSaver
 from ._secrets import mask
+from ._status import CredentialStatus, describe, read_records
 from ._token import Token
 from .events import EventCallback, Trigger
 from .providers._base import Provider
@@ -428,6 +430,54 @@ class TokenManager:
             existed = await self._store.delete(key)
         self._forget(key)  # anything cached while waiting for the lock
         return existed
+
+    async def status(self, key: str) -> CredentialStatus:
+        """What ``key`` is doing: its tokens, its last refresh, failures, cooldown.
+
+        The stored facts (refresh token age and known remaining life, last failures) are the
+        same in every process sharing the store; the cooldown and whether a refresh is running
+        are this process's. One store read.
+
+        Raises:
+            CredentialNotFoundError: the store holds nothing for ``key`` and no provider is
+                registered for it.
+            StoreError: the store failed.
+        """
+        stored = await self._store.get(key)
+        if stored is None and self._providers.known(key) is None:
+            raise CredentialNotFoundError("no credential stored for this key", key=key)
+        return self._describe(key, stored)
+
+    async def statuses(self) -> AsyncIterator[CredentialStatus]:
+        """The status of every credential in the store (see :meth:`status`).
+
+        Records are read in batches of 100, fetched concurrently; a record that cannot be read
+        has :attr:`~CredentialStatus.damaged` set instead of ending the iteration.
+
+        Raises:
+            StoreError: the store cannot list its keys.
+        """
+        async for key, record in read_records(self._store):
+            if isinstance(record, StoreError):
+                yield self._describe(key, None, damaged=record.message)
+            else:
+                yield self._describe(key, record)
+
+    def _describe(
+        self, key: str, stored: Token | None, damaged: str | None = None
+    ) -> CredentialStatus:
+        provider = self._providers.known(key)
+        now, until = self._wall(), self._failures.until(key)
+        return describe(
+            key,
+            stored,
+            now,
+            provider=provider.name if provider is not None else None,
+            can_reauthenticate=provider.can_reauthenticate if provider is not None else None,
+            cooldown_until=None if until is None else now + until - self._monotonic(),
+            refreshing=key in self._inflight,
+            damaged=damaged,
+        )
 
     def middleware(self, key: str, **options: Any) -> TokenMiddleware:
         """An aiohttp client middleware that authorizes requests with ``key``'s token.

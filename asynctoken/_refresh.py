@@ -34,11 +34,18 @@ from typing import Protocol
 import aiohttp
 
 from ._clock import Clock
-from ._errors import InvalidGrantError, MalformedResponseError, TokenError, TransientError
+from ._errors import (
+    InvalidGrantError,
+    MalformedResponseError,
+    TokenEndpointError,
+    TokenError,
+    TransientError,
+)
 from ._observe import Observer
 from ._policy import RetryPolicy
 from ._saving import RotationSaver
 from ._secrets import mask
+from ._status import note_failure, stamp
 from ._token import Token
 from .providers._base import Provider, takes_current
 from .stores._base import TokenStore
@@ -199,9 +206,14 @@ class Refresher:
                 if not saved:
                     outlet.release(exc)
                     await self._saver.keep_trying(key, patience=self._save_patience)
+                await note_failure(store, key, exc, self._clock.time())
+                raise
+            except (TokenEndpointError, TransientError) as exc:
+                await note_failure(store, key, exc, self._clock.time())  # 5''. for status
                 raise
             if token.refresh_token is None and old_refresh is not None:
                 token = token.with_refresh_token(old_refresh)  # RFC 6749 §6: keep the old one
+            token = stamp(token, stored, issued_wall)  # the refresh token's issue and death
             # 5. Save, before anyone sees the token.
             if outlet.fenced and stored is None:
                 saved = True  # removed meanwhile: never bring the credential back
@@ -220,6 +232,7 @@ class Refresher:
                 if not saved:
                     outlet.release(error)
                     await self._saver.keep_trying(key, patience=self._save_patience)
+                await note_failure(store, key, error, self._clock.time())
                 raise error
             # 6. Publish.
             outlet.publish(token, issued_mono, issued_wall)
@@ -349,6 +362,7 @@ class Refresher:
             provider=provider.name,
             # A refresh token may be bound to the credential's DPoP key (public clients).
             dpop_key=stored.dpop_key if stored is not None else None,
+            refresh_token_issued_at=self._clock.time(),
         )
         saved = await self._saver.save(key, seed, stored)
         if saved:

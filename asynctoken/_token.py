@@ -16,6 +16,7 @@ __all__ = [
     "LONE_SURROGATE",
     "MAX_NESTING",
     "UNSTORABLE",
+    "RefreshFailure",
     "Token",
     "storable",
     "storable_value",
@@ -86,6 +87,54 @@ def storable(token: Token) -> Token:
     return token
 
 
+def _number(value: Any) -> float | None:
+    """``value`` if it is a finite number (not a bool), as a float; else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefreshFailure:
+    """The refreshes of a credential that failed since its last good token, as stored with it.
+
+    Attributes:
+        at: unix epoch seconds of the last failed refresh.
+        error: its exception class (``"InvalidGrantError"``, ``"TransientError"``, …).
+        message: its message (never a secret).
+        count: consecutive failed refreshes.
+    """
+
+    at: float
+    error: str
+    message: str
+    count: int = 1
+
+    @property
+    def needs_reauthorization(self) -> bool:
+        """Whether the refresh token (or password) was rejected: a person must re-authorize."""
+        return self.error == "InvalidGrantError"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; the inverse of :meth:`from_dict`."""
+        return {"at": self.at, "error": self.error, "message": self.message, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RefreshFailure | None:
+        """Read :meth:`to_dict` output; ``None`` for anything else (it is bookkeeping: a
+        damaged one must not make the credential unreadable)."""
+        if not isinstance(data, Mapping):
+            return None
+        at, count = _number(data.get("at")), data.get("count", 1)
+        error, message = data.get("error"), data.get("message", "")
+        if at is None or not isinstance(error, str) or not isinstance(message, str):
+            return None
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            count = 1
+        return cls(at=at, error=error, message=message, count=count)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, repr=False)
 class Token:
     """An access token together with what is needed to renew it.
@@ -110,6 +159,11 @@ class Token:
             bound to, as JWK JSON text (see :class:`~asynctoken.DPoPKey`); ``None`` otherwise.
             A secret: stored with the credential (sealed when the store has a cipher) so that
             every process proves possession with the same key; masked in ``repr``.
+        refresh_token_issued_at: unix epoch seconds at which the current refresh token was
+            issued, or ``None`` when unknown (seeded by hand).
+        refresh_token_expires_at: when the server said the current refresh token dies
+            (``refresh_token_expires_in`` or ``refresh_expires_in`` in its answer), or ``None``.
+        failure: the refreshes that failed since this token was obtained, or ``None``.
     """
 
     access_token: str
@@ -121,6 +175,9 @@ class Token:
     issued_at: float | None = None
     provider: str | None = None
     dpop_key: str | None = None
+    refresh_token_issued_at: float | None = None
+    refresh_token_expires_at: float | None = None
+    failure: RefreshFailure | None = None
 
     @property
     def authorization(self) -> str:
@@ -142,7 +199,8 @@ class Token:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; the inverse of :meth:`from_dict`.
 
-        ``dpop_key`` is only present when set, so records of unbound tokens are unchanged.
+        ``dpop_key``, the refresh token's times and ``failure`` are only present when set, so
+        older versions read the records unchanged.
         """
         data = {
             "access_token": self.access_token,
@@ -156,13 +214,21 @@ class Token:
         }
         if self.dpop_key is not None:
             data["dpop_key"] = self.dpop_key
+        if self.refresh_token_issued_at is not None:
+            data["refresh_token_issued_at"] = self.refresh_token_issued_at
+        if self.refresh_token_expires_at is not None:
+            data["refresh_token_expires_at"] = self.refresh_token_expires_at
+        if self.failure is not None:
+            data["failure"] = self.failure.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Token:
         """Build a token from :meth:`to_dict` output.
 
-        Unknown keys are ignored so that older versions read newer records.
+        Unknown keys are ignored so that older versions read newer records; so are damaged
+        bookkeeping fields (the refresh token's times, ``failure``), which never make a record
+        unreadable.
 
         Raises:
             ValueError: a field is missing or has the wrong type (the message names the field,
@@ -205,6 +271,9 @@ class Token:
             issued_at=None if issued_at is None else float(issued_at),
             provider=data.get("provider"),
             dpop_key=data.get("dpop_key"),
+            refresh_token_issued_at=_number(data.get("refresh_token_issued_at")),
+            refresh_token_expires_at=_number(data.get("refresh_token_expires_at")),
+            failure=RefreshFailure.from_dict(data.get("failure")),
         )
 
     def __repr__(self) -> str:

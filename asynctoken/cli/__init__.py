@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from .._errors import ConfigurationError, StoreError, TokenError
-from ._commands import cmd_add, cmd_refresh, cmd_status
+from ._commands import cmd_add, cmd_refresh
 from ._demo import _DemoStats as _DemoStats  # re-exported for tests/test_cli.py
 from ._demo import _summarize as _summarize  # re-exported for tests/test_cli.py
 from ._demo import cmd_demo
@@ -42,6 +42,7 @@ from ._exit import (
 from ._output import GuardedOutput, Style
 from ._rekey import add_parser as _add_rekey_parser
 from ._secrets import ENV_CLIENT_SECRET, ENV_KEYS, ENV_PASSWORD, ENV_REFRESH_TOKEN
+from ._status import cmd_status
 
 __all__ = ["main"]
 

@@ -1,4 +1,4 @@
-"""The commands that work on a store: ``status``, ``add`` and ``refresh``.
+"""The commands that work on a store: ``add`` and ``refresh`` (``status`` is in ``_status``).
 
 ``--store`` is a JSON file path or a ``redis://`` URL; ``add`` and ``refresh`` also build the
 provider named by ``--provider``, with its secrets from the environment or a prompt.
@@ -7,32 +7,25 @@ provider named by ``--provider``, with its secrets from the environment or a pro
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from .._errors import StoreError
 from .._manager import TokenManager
-from .._secrets import mask
-from .._token import Token
 from ..providers import ERPeasyProvider, KeliwebProvider, OAuth2Provider, Provider
 from ..stores._base import TokenStore
 from ..stores._records import Cipher
 from ._exit import EXIT_OK, EXIT_STORE, EXIT_TOKEN, EXIT_USAGE, CliError
-from ._output import Output, Style, _token_line, human_delta, printable
+from ._output import Output, Style, _token_line, printable
 from ._secrets import ENV_CLIENT_SECRET, ENV_KEYS, ENV_PASSWORD, ENV_REFRESH_TOKEN, read_secret
 
-__all__ = ["build_provider", "cmd_add", "cmd_refresh", "cmd_status", "open_store", "store_cipher"]
+__all__ = ["build_provider", "cmd_add", "cmd_refresh", "open_store", "store_cipher"]
 
 
 # --------------------------------------------------------------------------- stores and providers
 
 
-_STATUS_BATCH = 100  # records fetched together by `status`
 _SQLITE_SUFFIXES = (".sqlite", ".sqlite3", ".db")
 
 
@@ -148,131 +141,6 @@ def build_provider(args: argparse.Namespace, *, password_grant: bool) -> Provide
     return OAuth2Provider(token_url, args.client_id, secret)
 
 
-# --------------------------------------------------------------------------- status
-
-
-@dataclass(frozen=True, slots=True)
-class _Row:
-    key: str
-    provider: str | None
-    state: str  # "valid", "expired", "never_refreshed"
-    expires_at: float | None
-    refresh_token: str | None
-    token_type: str
-    scope: str | None
-    access_token: str
-
-    @classmethod
-    def of(cls, key: str, token: Token, now: float) -> _Row:
-        if not token.access_token:
-            state, expires_at = "never_refreshed", None
-        else:
-            expires_at = token.expires_at
-            state = "valid" if expires_at > now else "expired"
-        return cls(
-            key=key,
-            provider=token.provider,
-            state=state,
-            expires_at=expires_at,
-            refresh_token=token.refresh_token,
-            token_type=token.token_type,
-            scope=token.scope,
-            access_token=token.access_token,
-        )
-
-    def as_json(self, now: float) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "provider": self.provider,
-            "state": self.state,
-            "expires_at": self.expires_at,
-            "expires_in": None if self.expires_at is None else round(self.expires_at - now, 3),
-            "token_type": self.token_type,
-            "scope": self.scope,
-            "access_token": mask(self.access_token) if self.access_token else None,
-            "has_refresh_token": bool(self.refresh_token),
-            "refresh_token": mask(self.refresh_token) if self.refresh_token else None,
-        }
-
-    def as_text(self, now: float, style: Style, key_width: int) -> str:
-        if self.expires_at is None:
-            expiry = style.yellow(f"{'never refreshed':<20}")
-        else:
-            remaining = self.expires_at - now
-            text = f"{human_delta(remaining):<20}"
-            expiry = (
-                style.green(text)
-                if remaining > 300
-                else (style.yellow(text) if remaining > 0 else style.red(text))
-            )
-        refresh = (
-            f"yes ({printable(mask(self.refresh_token))})"
-            if self.refresh_token
-            else style.red("no")
-        )
-        # Keys and provider names come from the store: escape sequences must not reach the
-        # terminal. (--json needs nothing: json.dumps escapes every control character.)
-        key, provider = printable(self.key), printable(self.provider or "?")
-        return f"{key:<{key_width}}  {provider:<9}  {expiry}  {refresh}"
-
-
-async def cmd_status(args: argparse.Namespace, style: Style, out: Output) -> int:
-    """List the credentials of a store, one batch of records in memory at a time.
-
-    Memory stays bounded however many keys the store holds: keys are read in batches of
-    ``_STATUS_BATCH`` whose records are fetched concurrently, and a key is skipped as a
-    duplicate only within its batch. Redis ``SCAN`` may, rarely (while the server resizes its
-    table), yield a key twice; such a key is then listed twice.
-
-    A record that cannot be read is listed as damaged, with what is wrong, and the others are
-    still listed; the exit status is then ``EXIT_STORE``.
-    """
-    store = open_store(args, must_exist=True)
-    label = _store_label(args.store)
-    key_width = 24
-    count = damaged = 0
-    header = f"{'KEY':<{key_width}}  {'PROVIDER':<9}  {'ACCESS TOKEN':<20}  REFRESH TOKEN"
-    try:
-        async for batch in _batches(store.keys(), _STATUS_BATCH):
-            keys = list(dict.fromkeys(batch))  # a key SCAN repeated within this batch
-            tokens = await _get_all(store, keys)
-            now = time.time()
-            for key, token in zip(keys, tokens, strict=True):
-                if token is None:  # deleted while we iterate
-                    continue
-                # Nothing is printed before the first record: a failing store prints only an
-                # error.
-                if args.json:
-                    row = (
-                        {"key": key, "state": "damaged", "error": token.message}
-                        if isinstance(token, StoreError)
-                        else _Row.of(key, token, now).as_json(now)
-                    )
-                    out.write(("[\n  " if not count else ",\n  ") + json.dumps(row))
-                else:
-                    if not count:
-                        out.write(style.bold(header) + "\n")
-                    if isinstance(token, StoreError):
-                        line = f"{printable(key):<{key_width}}  {style.red('damaged')}: "
-                        out.write(line + printable(token.message) + "\n")
-                    else:
-                        out.write(_Row.of(key, token, now).as_text(now, style, key_width) + "\n")
-                count += 1
-                damaged += isinstance(token, StoreError)
-            out.flush()
-        if args.json:
-            out.write("\n]\n" if count else "[]\n")
-        else:
-            plural = "" if count == 1 else "s"
-            summary = f"{count} credential{plural} in {label}"
-            if damaged:
-                summary += f", {damaged} damaged"
-            out.write(style.dim(summary) + "\n")
-    finally:
-        await store.aclose()
-    return EXIT_STORE if damaged else EXIT_OK
-
-
 async def _batches(keys: AsyncIterator[str], size: int) -> AsyncIterator[list[str]]:
     """``keys`` in lists of at most ``size``."""
     batch: list[str] = []
@@ -283,26 +151,6 @@ async def _batches(keys: AsyncIterator[str], size: int) -> AsyncIterator[list[st
             batch = []
     if batch:
         yield batch
-
-
-async def _get_all(store: TokenStore, keys: list[str]) -> list[Token | StoreError | None]:
-    """The records of ``keys``, fetched concurrently; a record that cannot be read is its
-    :class:`StoreError`; any other failure cancels the rest."""
-
-    async def get(key: str) -> Token | StoreError | None:
-        try:
-            return await store.get(key)
-        except StoreError as exc:
-            return exc
-
-    tasks = [asyncio.ensure_future(get(key)) for key in keys]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
 
 
 # --------------------------------------------------------------------------- add and refresh
