@@ -27,6 +27,7 @@ from ._manager import ProviderFactory, TokenManager
 from ._policy import Margins, RetryPolicy
 from ._sync_runtime import Runtime, register_facade
 from ._token import Token
+from .events import Event, EventCallback
 from .providers._base import Provider
 from .stores._base import TokenStore
 
@@ -62,6 +63,20 @@ def _off_the_loop(factory: ProviderFactory) -> ProviderFactory:
         return result
 
     return resolve
+
+
+def _events_off_the_loop(callback: EventCallback) -> EventCallback:
+    """Deliver events to a sync subscriber in a worker thread (the dispatcher awaits each
+    delivery, so the order is kept); a coroutine function stays on the loop."""
+    if inspect.iscoroutinefunction(callback):
+        return callback
+
+    async def deliver(event: Event) -> None:
+        result = await anyio.to_thread.run_sync(callback, event)
+        if inspect.isawaitable(result):
+            await result
+
+    return deliver
 
 
 async def _register(manager: TokenManager, providers: dict[str, Provider]) -> None:
@@ -122,7 +137,15 @@ class SyncTokenManager:
         invalidate_interval: see :class:`~asynctoken.TokenManager`.
         close_timeout: see :class:`~asynctoken.TokenManager`.
         save_patience: see :class:`~asynctoken.TokenManager`.
+        min_refresh_interval: see :class:`~asynctoken.TokenManager`.
         clock: see :class:`~asynctoken.TokenManager`.
+        on_event: called with every :mod:`asynctoken.events` event, in order. A plain function
+            is called in a worker thread, so it may block (write to a database, Django's ORM);
+            a coroutine function runs on the manager's loop. Either way a slow subscriber never
+            delays a refresh.
+        telemetry: see :class:`~asynctoken.TokenManager`.
+        telemetry_keys: see :class:`~asynctoken.TokenManager`.
+        lock_wait_threshold: see :class:`~asynctoken.TokenManager`.
 
     There is no ``session`` option: an :class:`aiohttp.ClientSession` belongs to one event loop,
     and the manager's loop is its own.
@@ -158,7 +181,12 @@ class SyncTokenManager:
         invalidate_interval: float = 5.0,
         close_timeout: float = 10.0,
         save_patience: float = 30.0,
+        min_refresh_interval: float = 1.0,
         clock: Clock | None = None,
+        on_event: EventCallback | None = None,
+        telemetry: bool = True,
+        telemetry_keys: bool = False,
+        lock_wait_threshold: float = 1.0,
     ) -> None:
         self._options: dict[str, Any] = {
             "provider_factory": _off_the_loop(provider_factory) if provider_factory else None,
@@ -171,7 +199,12 @@ class SyncTokenManager:
             "invalidate_interval": invalidate_interval,
             "close_timeout": close_timeout,
             "save_patience": save_patience,
+            "min_refresh_interval": min_refresh_interval,
             "clock": clock,
+            "on_event": _events_off_the_loop(on_event) if on_event else None,
+            "telemetry": telemetry,
+            "telemetry_keys": telemetry_keys,
+            "lock_wait_threshold": lock_wait_threshold,
         }
         # Built here, so that bad options fail here, with the async manager's errors.
         self._manager = TokenManager(store, **self._options)

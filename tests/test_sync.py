@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import json
 import logging
 import pickle
@@ -456,3 +457,34 @@ def test_closing_never_waits_forever_for_a_blocked_loop(caplog: pytest.LogCaptur
     runtime._thread.join(30)  # once unblocked, the loop closes the manager and ends
     assert not runtime._thread.is_alive()
     assert runtime.manager.closed
+
+
+def test_the_options_are_the_async_managers() -> None:
+    """Every TokenManager option (but the aiohttp session), same order, same defaults: a new
+    option of the async manager fails this test until the sync one has it too."""
+    from asynctoken import TokenManager
+
+    ours = inspect.signature(SyncTokenManager.__init__).parameters
+    theirs = inspect.signature(TokenManager.__init__).parameters
+    assert list(ours) == [name for name in theirs if name != "session"]
+    for name, parameter in ours.items():
+        assert parameter.default == theirs[name].default, name
+        assert parameter.kind == theirs[name].kind, name
+
+
+def test_a_sync_event_subscriber_runs_in_a_worker_thread_in_order(
+    sync_server: ThreadedServer, tmp_path: Path
+) -> None:
+    """A plain function may block (write to a database, Django's ORM): it is called where no
+    event loop runs, and events arrive in the order they happened."""
+    seen: list[tuple[str, bool]] = []
+
+    def subscriber(event: object) -> None:
+        seen.append((type(event).__name__, asyncio._get_running_loop() is None))
+
+    with SyncTokenManager(store=FileStore(tmp_path / "t.json"), on_event=subscriber) as tm:
+        tm.add("k", sync_server.provider(), refresh_token=sync_server.seed())
+        tm.get_token("k")
+    names = [name for name, _ in seen]
+    assert names.index("RefreshStarted") < names.index("RefreshSucceeded"), names
+    assert all(off_the_loop for _, off_the_loop in seen), seen
