@@ -8,13 +8,14 @@ and async processes sharing one store share one credential safely.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import threading
 import weakref
 from asyncio import _get_running_loop
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -25,6 +26,7 @@ from ._clock import Clock
 from ._errors import TokenError
 from ._manager import ProviderFactory, TokenManager
 from ._policy import Margins, RetryPolicy
+from ._status import CredentialStatus
 from ._sync_runtime import Runtime, register_facade
 from ._token import Token
 from .events import Event, EventCallback
@@ -79,6 +81,27 @@ def _events_off_the_loop(callback: EventCallback) -> EventCallback:
     return deliver
 
 
+_STATUS_BATCH = 100
+
+
+async def _next_batch(
+    _manager: TokenManager, statuses: AsyncIterator[CredentialStatus]
+) -> list[CredentialStatus]:
+    batch: list[CredentialStatus] = []
+    for _ in range(_STATUS_BATCH):
+        try:
+            batch.append(await anext(statuses))
+        except StopAsyncIteration:
+            break
+    return batch
+
+
+async def _close_iterator(_manager: TokenManager, iterator: AsyncIterator[Any]) -> None:
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+
+
 async def _register(manager: TokenManager, providers: dict[str, Provider]) -> None:
     for key, provider in providers.items():
         await manager.add(key, provider)
@@ -107,13 +130,14 @@ class SyncTokenManager:
     directly, without a round trip through that thread; otherwise the caller waits for the one
     refresh shared by every caller, thread or coroutine, of the credential.
 
-    **Processes.** Give every process the same :class:`~asynctoken.FileStore` or
-    :class:`~asynctoken.RedisStore` and they make one token request per expiry between them,
-    whatever mix of sync and async code they run. A manager created before a fork (Celery's
-    prefork pool, gunicorn's ``--preload``, ``multiprocessing``) starts a loop thread of its own
-    in the child on first use, with the store reopened there: the child shares no thread,
-    connection or lock with its parent. A :class:`~asynctoken.MemoryStore` (or a store of your
-    own) cannot be reopened: the child's calls raise :class:`~asynctoken.TokenError` saying so.
+    **Processes.** Give every process the same :class:`~asynctoken.FileStore`,
+    :class:`~asynctoken.SQLiteStore` or :class:`~asynctoken.RedisStore` and they make one token
+    request per expiry between them, whatever mix of sync and async code they run. A manager created
+    before a fork (Celery's prefork pool, gunicorn's ``--preload``, ``multiprocessing``) starts a
+    loop thread of its own in the child on first use, with the store reopened there: the child
+    shares no thread, connection or lock with its parent. A :class:`~asynctoken.MemoryStore` (or a
+    store of your own) cannot be reopened: the child's calls raise :class:`~asynctoken.TokenError`
+    saying so.
 
     **Shutdown.** :meth:`close` (or leaving the ``with`` block) is :meth:`TokenManager.aclose`:
     in-flight refreshes finish (up to ``close_timeout``), a rotated refresh token the store
@@ -304,6 +328,44 @@ class SyncTokenManager:
         self._providers.pop(key, None)
         return self._running().call(TokenManager.remove, key)
 
+    def status(self, key: str) -> CredentialStatus:
+        """What ``key`` is doing: its tokens, its last refresh, failures, cooldown.
+
+        See :meth:`TokenManager.status`.
+
+        Raises:
+            CredentialNotFoundError: the store holds nothing for ``key`` and no provider is
+                registered for it.
+            StoreError: the store failed.
+            RuntimeError: called from a running event loop.
+        """
+        if _get_running_loop() is not None:
+            _refuse_in_loop("status")
+        return self._running().call(TokenManager.status, key)
+
+    def statuses(self) -> Iterator[CredentialStatus]:
+        """The status of every credential in the store (see :meth:`TokenManager.statuses`).
+
+        Fetched from the loop a batch at a time, so memory stays bounded on a large store.
+
+        Raises:
+            StoreError: the store cannot list its keys.
+            RuntimeError: called from a running event loop.
+        """
+        if _get_running_loop() is not None:
+            _refuse_in_loop("statuses")
+        return self._statuses(self._running())
+
+    def _statuses(self, runtime: Runtime) -> Iterator[CredentialStatus]:
+        statuses = TokenManager.statuses(runtime.manager)
+        try:
+            while batch := runtime.call(_next_batch, statuses):
+                yield from batch
+        finally:
+            # Left early: close the generator on its loop (nothing to do once it ended).
+            with contextlib.suppress(TokenError):
+                runtime.call(_close_iterator, statuses)
+
     @property
     def store(self) -> TokenStore:
         """The store this manager reads and writes in this process."""
@@ -414,9 +476,9 @@ class SyncTokenManager:
             raise TokenError(
                 f"this SyncTokenManager was created in process {self._pid} and is used in "
                 f"process {os.getpid()}, forked from it, but its {type(store).__name__} cannot "
-                "be shared with another process. Use FileStore or RedisStore (every process "
-                "then shares the credential), or create the SyncTokenManager in each process "
-                "after the fork (Celery: in a worker_process_init signal handler)"
+                "be shared with another process. Use FileStore, SQLiteStore or RedisStore (every "
+                "process then shares the credential), or create the SyncTokenManager in each "
+                "process after the fork (Celery: in a worker_process_init signal handler)"
             )
         return reopen()
 

@@ -1,6 +1,7 @@
 """A parent process for the fork tests: it creates and uses its managers, then forks.
 
-Run as ``python tests/_sync_fork.py MODE PATH TOKEN_URL SEED``; it reads commands from stdin
+Run as ``python tests/_sync_fork.py MODE PATH TOKEN_URL SEED`` (a ``.db`` PATH is an SQLiteStore,
+anything else a FileStore); it reads commands from stdin
 and prints JSON lines (parent and child share stdin and stdout).
 
 1. prints ``ready`` once its managers have a token;
@@ -21,7 +22,7 @@ import threading
 import traceback
 from typing import Any
 
-from asynctoken import FileStore, KeliwebProvider, Token, TokenError
+from asynctoken import FileStore, KeliwebProvider, SQLiteStore, Token, TokenError
 from asynctoken.sync import SyncTokenManager
 
 
@@ -46,7 +47,8 @@ def child(mode: str, tm: SyncTokenManager, memory: SyncTokenManager, first: Toke
 def main() -> None:
     mode, path, token_url, seed = sys.argv[1:]
     provider = KeliwebProvider("test-client", "test-secret", token_url=token_url)
-    tm = SyncTokenManager(store=FileStore(path), lock_timeout=10)
+    store = SQLiteStore(path) if path.endswith(".db") else FileStore(path)
+    tm = SyncTokenManager(store=store, lock_timeout=10)
     tm.add("k", provider, refresh_token=seed)
     first = tm.get_token("k")
     memory = SyncTokenManager()

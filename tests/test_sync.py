@@ -269,6 +269,8 @@ def test_blocking_calls_from_a_running_event_loop_are_refused(tm: SyncTokenManag
             lambda: tm.token_rejected("k", token),
             lambda: tm.refresh("k"),
             lambda: tm.remove("k"),
+            lambda: tm.status("k"),
+            tm.statuses,
             tm.close,
         ):
             with pytest.raises(RuntimeError) as refused:
@@ -488,3 +490,26 @@ def test_a_sync_event_subscriber_runs_in_a_worker_thread_in_order(
     names = [name for name, _ in seen]
     assert names.index("RefreshStarted") < names.index("RefreshSucceeded"), names
     assert all(off_the_loop for _, off_the_loop in seen), seen
+
+
+def test_status_and_statuses(sync_server: ThreadedServer) -> None:
+    with SyncTokenManager() as tm:
+        provider = sync_server.provider()
+        for n in range(250):  # more than one batch of the iteration
+            tm.add(f"tenant-{n:03}", provider, refresh_token=sync_server.seed())
+        token = tm.get_token("tenant-007")
+
+        status = tm.status("tenant-007")
+        assert status.key == "tenant-007"
+        assert status.provider == "keliweb"
+        assert status.access_token_expires_at == token.expires_at
+        assert status.has_refresh_token
+        with pytest.raises(CredentialNotFoundError):
+            tm.status("nobody")
+
+        keys = sorted(s.key for s in tm.statuses())
+        assert keys == [f"tenant-{n:03}" for n in range(250)]
+        first = tm.statuses()
+        assert next(first).key.startswith("tenant-")
+        first.close()  # left early: its async generator is closed on the loop
+        assert len(list(tm.statuses())) == 250

@@ -18,7 +18,7 @@ from typing import IO, Any
 import pytest
 from sync_support import ThreadedServer, sync_server
 
-from asynctoken import FileStore, Token
+from asynctoken import FileStore, SQLiteStore, Token, TokenStore
 
 __all__ = ["sync_server"]
 
@@ -31,12 +31,12 @@ pytestmark = pytest.mark.slow
 def parent_process(
     sync_server: ThreadedServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[subprocess.Popen[str]]:
-    mode = request.param
+    mode, store_file = request.param
     command = [
         sys.executable,
         PARENT,
         mode,
-        str(tmp_path / "tokens.json"),
+        str(tmp_path / store_file),
         sync_server.server.token_url,
         sync_server.seed(),
     ]
@@ -91,11 +91,16 @@ def fork_during_a_refresh(server: ThreadedServer, proc: subprocess.Popen[str]) -
 def assert_memory_store_error(result: dict[str, Any]) -> None:
     message = result["memory_error"]
     assert "MemoryStore cannot be shared with another process" in message
-    assert "FileStore or RedisStore" in message
+    assert "FileStore, SQLiteStore or RedisStore" in message
     assert "worker_process_init" in message
 
 
-@pytest.mark.parametrize("parent_process", ["refresh"], indirect=True)
+@pytest.mark.parametrize(
+    "parent_process",
+    [("refresh", "tokens.json"), ("refresh", "tokens.db")],
+    ids=["FileStore", "SQLiteStore"],
+    indirect=True,
+)
 def test_child_forked_during_a_refresh_waits_for_the_parents_lock_and_never_hangs(
     sync_server: ThreadedServer, parent_process: subprocess.Popen[str]
 ) -> None:
@@ -117,7 +122,7 @@ def test_child_forked_during_a_refresh_waits_for_the_parents_lock_and_never_hang
     assert sync_server.reuse_detected == 0
 
 
-@pytest.mark.parametrize("parent_process", ["orphan"], indirect=True)
+@pytest.mark.parametrize("parent_process", [("orphan", "tokens.json")], indirect=True)
 def test_child_does_not_keep_the_lock_of_a_parent_killed_while_holding_it(
     sync_server: ThreadedServer, parent_process: subprocess.Popen[str]
 ) -> None:
@@ -146,10 +151,12 @@ async def test_a_reopened_store_has_the_same_data_and_cipher_and_nothing_shared(
     token = Token(access_token="access-secret", expires_at=2e9, refresh_token="refresh-secret")
     path = tmp_path / "tokens.json"
     file_store = FileStore(path, cipher=cipher)
+    sqlite_store = SQLiteStore(tmp_path / "tokens.db", cipher=cipher)
     redis_store = RedisStore(redis_url, prefix=redis_prefix, cipher=cipher)
-    for store in (file_store, redis_store):
+    stores: tuple[TokenStore, ...] = (file_store, sqlite_store, redis_store)
+    for store in stores:
         await store.put("k", token)
-        reopened = store._reopen()
+        reopened = store._reopen()  # type: ignore[attr-defined]
         assert type(reopened) is type(store)
         assert reopened is not store
         if isinstance(store, RedisStore):

@@ -47,6 +47,11 @@ class KeyLocks:
         self._poll_interval = poll_interval
         self._local: dict[str, tuple[asyncio.Lock, int]] = {}
 
+    @property
+    def poll_interval(self) -> float:
+        """How often a waiter retries the OS lock."""
+        return self._poll_interval
+
     @asynccontextmanager
     async def hold(self, key: str, timeout: float) -> AsyncIterator[None]:
         """Hold the refresh lock of ``key``; not reentrant.

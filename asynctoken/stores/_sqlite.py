@@ -227,6 +227,20 @@ class SQLiteStore:
     def __repr__(self) -> str:
         return f"SQLiteStore(path={self._path!r})"
 
+    def _reopen(self) -> SQLiteStore:
+        """The same database, with connections, lock waiters and limiters of its own.
+
+        For a forked child (see :mod:`asynctoken.sync`): SQLite connections must not be carried
+        across a fork, and a parent's task may have held a lock of this instance at that moment.
+        """
+        return SQLiteStore(
+            self._path,
+            cipher=self._codec.cipher,
+            busy_timeout=self._busy_timeout,
+            poll_interval=self._key_locks.poll_interval,
+            max_connections=self._max_connections,
+        )
+
     # -- running statements ----------------------------------------------------------------------
 
     async def _run(self, key: str | None, work: Callable[..., _R], /, *args: Any) -> _R:
