@@ -1,10 +1,15 @@
-"""Failed refreshes remembered per credential: fail fast during a cooldown, pause retries.
+"""Holding refreshes back: after failures (cooldowns) and after rejected tokens.
 
+**Cooldowns.**
 After a final error (``invalid_grant``, ``invalid_client``, another 4xx, an unusable answer)
 callers of the credential fail fast with that error for ``error_cooldown`` seconds, without a
 request; the cooldown ends early when the stored credential changes (re-seeded elsewhere). After
 any other failure the next *background* attempt waits ``background_retry_interval`` seconds (or
 as long as the server's ``Retry-After`` asked). A success forgets the failure.
+
+**Rejections.** An access token an API rejected is dropped and never picked up again; the next
+rejection of the same credential within ``invalidate_interval`` is refused, so an API that
+rejects every token cannot make the manager refresh in a loop.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from ._errors import (
 from ._observe import Observer
 from .stores._base import TokenStore
 
-__all__ = ["Cooldowns"]
+__all__ = ["Cooldowns", "Rejections"]
 
 logger = logging.getLogger("asynctoken")
 
@@ -109,11 +114,12 @@ class Cooldowns:
     def __len__(self) -> int:
         return len(self._failures)
 
-    def until(self, key: str) -> float | None:
-        """When ``key``'s cooldown (or background pause) ends, on the monotonic clock."""
+    def until(self, key: str, now: float) -> float | None:
+        """When ``key``'s cooldown (or background pause) ends, in unix time (``now`` is the
+        wall clock's now), or ``None``."""
         self._failures.expire()
         failure = self._failures.get(key)
-        return None if failure is None else failure.until
+        return None if failure is None else now + failure.until - self._monotonic()
 
     def forget(self, key: str, reason: Literal["refreshed", "reset"] = "reset") -> None:
         """Drop ``key``'s failure: it refreshed, or it was reconfigured, replaced or removed."""
@@ -204,3 +210,57 @@ class Cooldowns:
                 asyncio.get_running_loop().call_later(seconds + 0.01, self._failures.expire)
         else:  # a zero cooldown: nothing to remember, and nothing older either
             self._failures.pop(key, None)
+
+
+class Rejections:
+    """Access tokens that APIs rejected, per credential (bounded by ``size``).
+
+    Args:
+        size: how many credentials' rejections are kept.
+        interval: seconds after a rejection during which another one is refused (0: never).
+        monotonic: the clock.
+    """
+
+    __slots__ = ("_interval", "_recent", "_tokens")
+
+    def __init__(self, size: int, interval: float, monotonic: Callable[[], float]) -> None:
+        self._interval = interval
+        self._tokens: cachetools.LRUCache[str, str] = cachetools.LRUCache(size)
+        self._recent: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
+            size, ttl=interval or 1e-9, timer=monotonic
+        )
+
+    def __contains__(self, key: str) -> bool:
+        """Whether ``key``'s current token was rejected (its next refresh should hurry)."""
+        return key in self._tokens
+
+    def rejected(self, key: str, access_token: str) -> bool:
+        """Whether ``access_token`` is the one rejected last for ``key`` (never pick it up)."""
+        return self._tokens.get(key) == access_token
+
+    def reject(self, key: str, access_token: str) -> bool:
+        """Note that an API rejected ``access_token``; ``False`` if that is refused."""
+        if self._interval and key in self._recent:
+            # The token that replaced the last rejected one is rejected too: the API refuses
+            # this credential for another reason (permissions?). Refreshing again would not
+            # help, and doing it on every request would rotate the credential in a loop.
+            logger.warning(
+                "credential %r: access token rejected again within %g s of the last refresh "
+                "caused by a rejection; not refreshing again yet",
+                key,
+                self._interval,
+            )
+            return False
+        self._tokens[key] = access_token
+        if self._interval:
+            self._recent[key] = True
+        return True
+
+    def replaced(self, key: str) -> None:
+        """A new token of ``key`` is out: the rejected one is history."""
+        self._tokens.pop(key, None)
+
+    def forget(self, key: str) -> None:
+        """Forget ``key`` (removed or replaced)."""
+        self._tokens.pop(key, None)
+        self._recent.pop(key, None)

@@ -24,18 +24,18 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import cachetools
 
 from . import _fork
 from ._cache import Entry, Flight, HotCache
 from ._clock import Clock, SystemClock
-from ._cooldown import Cooldowns
+from ._cooldown import Cooldowns, Rejections
 from ._errors import ConfigurationError, CredentialNotFoundError, StoreError, TokenError
+from ._keepalive import KeepAlive, is_due, renew_due
 from ._observe import Observer, RefreshWatch
 from ._outlet import CacheOutlet
 from ._policy import Margins, RetryPolicy, check_seconds
@@ -109,6 +109,10 @@ class TokenManager:
             can be tenant ids (unbounded cardinality, personal data).
         lock_wait_threshold: a wait for a credential's store lock longer than this many
             seconds emits :class:`~asynctoken.events.LockWaitedLong`.
+        keep_alive: every ``keep_alive_interval`` seconds, renew in the background the
+            credentials whose refresh token would otherwise die of idleness soon (see
+            :meth:`refresh_due`). Starts with the first use of the manager.
+        keep_alive_interval: seconds between two keep-alive scans of the store.
 
     Raises:
         ConfigurationError: an argument is out of range.
@@ -128,8 +132,7 @@ class TokenManager:
         "_hits",
         "_hot",
         "_inflight",
-        "_invalidate_interval",
-        "_invalidated",
+        "_keep_alive",
         "_lock_timeout",
         "_margins",
         "_monotonic",
@@ -167,10 +170,13 @@ class TokenManager:
         telemetry: bool = True,
         telemetry_keys: bool = False,
         lock_wait_threshold: float = 1.0,
+        keep_alive: bool = False,
+        keep_alive_interval: float = 3600.0,
     ) -> None:
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 1:
             raise ConfigurationError("cache_size must be an integer >= 1")
         lock_timeout = check_seconds("TokenManager", "lock_timeout", lock_timeout, positive=True)
+        check_seconds("TokenManager", "keep_alive_interval", keep_alive_interval, positive=True)
         seconds = {
             "error_cooldown": error_cooldown,
             "background_retry_interval": background_retry_interval,
@@ -221,7 +227,7 @@ class TokenManager:
             observer=self._observer,
             timers=self._drop_timers,
         )
-        self._rejected: cachetools.LRUCache[str, str] = cachetools.LRUCache(cache_size)
+        self._rejected = Rejections(cache_size, invalidate_interval, self._monotonic)
         self._saver = RotationSaver(store)
         self._refresher = Refresher(
             store,
@@ -234,10 +240,6 @@ class TokenManager:
             min_interval=min_refresh_interval,
             observer=self._observer,
         )
-        self._invalidate_interval = invalidate_interval
-        self._invalidated: cachetools.TTLCache[str, bool] = cachetools.TTLCache(
-            cache_size, ttl=invalidate_interval or 1e-9, timer=self._monotonic
-        )
         self._closed = False
         # Used by an event loop of this process (then its session, store connections, locks and
         # tasks belong to that loop), and the parent's pid when this is a forked child's copy.
@@ -246,6 +248,7 @@ class TokenManager:
         _fork.watch(self)
         self._closing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._keep_alive = KeepAlive(self.refresh_due, keep_alive_interval) if keep_alive else None
 
     # ------------------------------------------------------------------ public API
 
@@ -344,23 +347,11 @@ class TokenManager:
         if entry is not None and entry.token.access_token != token.access_token:
             self._observer.invalidated(key, "superseded")
             return False
-        if self._invalidate_interval and key in self._invalidated:
-            # The token that replaced the last rejected one is rejected too: the API refuses
-            # this credential for another reason (permissions?). Refreshing again would not
-            # help, and doing it on every request would rotate the credential in a loop.
-            logger.warning(
-                "credential %r: access token rejected again within %g s of the last refresh "
-                "caused by a rejection; not refreshing again yet",
-                key,
-                self._invalidate_interval,
-            )
+        if not self._rejected.reject(key, token.access_token):
             self._observer.invalidated(key, "refused")
             return False
         if entry is not None:
             self._cache.pop(key, None)
-        self._rejected[key] = token.access_token
-        if self._invalidate_interval:
-            self._invalidated[key] = True
         logger.info("credential %r: access token %s invalidated", key, mask(token.access_token))
         self._observer.invalidated(key, "dropped")
         return True
@@ -431,12 +422,36 @@ class TokenManager:
         self._forget(key)  # anything cached while waiting for the lock
         return existed
 
-    async def status(self, key: str) -> CredentialStatus:
-        """What ``key`` is doing: its tokens, its last refresh, failures, cooldown.
+    async def refresh_due(self) -> dict[str, TokenError | None]:
+        """Renew every credential of the store whose refresh token would die of idleness soon.
 
-        The stored facts (refresh token age and known remaining life, last failures) are the
-        same in every process sharing the store; the cooldown and whether a refresh is running
-        are this process's. One store read.
+        Due: a refresh token with a known death (the server's word, else its provider's idle
+        limit: Keliweb's 10 days) and less than a quarter of its life left (at most 2 days),
+        or a known limit and an unknown age. Each is refreshed under its store lock after a
+        re-read, so among all processes sharing the store only the first renews it.
+        ``keep_alive=True`` runs this every ``keep_alive_interval``; ``asynctoken refresh
+        --due`` runs it once (from cron).
+
+        Returns:
+            Every due key: ``None`` when renewed (here or elsewhere), else the error
+            (:class:`CredentialNotFoundError` when no provider is known for it).
+
+        Raises:
+            StoreError: the store cannot list its keys.
+        """
+        self._check_open()
+        return await renew_due(self._store, self._wall, self._renew)
+
+    async def _renew(self, key: str) -> None:
+        await self._providers.resolve(key)  # no provider, no renewal (CredentialNotFoundError)
+        due = self._inflight.get(key) or self._start(
+            key, force=False, background=True, renew_if=lambda t: is_due(t, self._wall())
+        )
+        await due.join()
+
+    async def status(self, key: str) -> CredentialStatus:
+        """What ``key`` is doing: its tokens, its last refresh, failures, cooldown (one store
+        read). Only the cooldown and ``refreshing`` are this process's own.
 
         Raises:
             CredentialNotFoundError: the store holds nothing for ``key`` and no provider is
@@ -466,18 +481,9 @@ class TokenManager:
     def _describe(
         self, key: str, stored: Token | None, damaged: str | None = None
     ) -> CredentialStatus:
-        provider = self._providers.known(key)
-        now, until = self._wall(), self._failures.until(key)
-        return describe(
-            key,
-            stored,
-            now,
-            provider=provider.name if provider is not None else None,
-            can_reauthenticate=provider.can_reauthenticate if provider is not None else None,
-            cooldown_until=None if until is None else now + until - self._monotonic(),
-            refreshing=key in self._inflight,
-            damaged=damaged,
-        )
+        now, inflight = self._wall(), key in self._inflight
+        until = self._failures.until(key, now)
+        return describe(key, stored, now, self._providers.known(key), until, inflight, damaged)
 
     def middleware(self, key: str, **options: Any) -> TokenMiddleware:
         """An aiohttp client middleware that authorizes requests with ``key``'s token.
@@ -525,6 +531,8 @@ class TokenManager:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
+        if self._keep_alive is not None:
+            await self._keep_alive.aclose()
         tasks = set(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self._close_timeout)
@@ -589,16 +597,29 @@ class TokenManager:
             flight = self._inflight.get(key) or self._start(key, force=False, background=False)
         return await flight.join()
 
-    def _start(self, key: str, *, force: bool, background: bool) -> Flight:
+    def _start(
+        self,
+        key: str,
+        *,
+        force: bool,
+        background: bool,
+        renew_if: Callable[[Token | None], bool] | None = None,
+    ) -> Flight:
         flight = Flight()
         # An invalidated token is replaced at once, whatever the minimum refresh interval.
         rejected = key in self._rejected
         trigger: Trigger = (
             "forced" if force else "rejected" if rejected else "stale" if background else "miss"
         )
-        watch = self._observer.refresh(key, trigger, background)
+        watch = self._observer.refresh(key, "keep_alive" if renew_if else trigger, background)
         coro = self._run(
-            key, flight, watch, force=force, background=background, hurry=force or rejected
+            key,
+            flight,
+            watch,
+            force=force,
+            background=background,
+            hurry=force or rejected,
+            renew_if=renew_if,
         )
         name = f"asynctoken-refresh:{key}"
         loop = asyncio.get_running_loop()
@@ -625,6 +646,7 @@ class TokenManager:
         force: bool,
         background: bool,
         hurry: bool,
+        renew_if: Callable[[Token | None], bool] | None,
     ) -> None:
         """The refresh task: refresh, then settle every caller in this same step."""
         name = None
@@ -634,7 +656,13 @@ class TokenManager:
                 name = provider.name
                 outlet = CacheOutlet(self, key, flight)
                 token = await self._refresher.run(
-                    key, provider, outlet, force=force, background=background, hurry=hurry
+                    key,
+                    provider,
+                    outlet,
+                    force=force,
+                    background=background,
+                    hurry=hurry,
+                    renew_if=renew_if,
                 )
             except Exception as exc:
                 self._land(key, flight)
@@ -665,27 +693,11 @@ class TokenManager:
 
     # ------------------------------------------------------------------ helpers
 
-    def _remember(self, key: str, entry: Entry) -> None:
-        """Cache ``entry`` (the hot path serves it while fresh) until its token expires."""
-        self._cache[key] = entry
-        if self._drop_timers and self._hot.get(key) is entry:
-            delay = max(0.0, entry.expired_at - self._monotonic())
-            entry.timer = asyncio.get_running_loop().call_later(delay, self._drop, key, entry)
-
     def _drop(self, key: str, entry: Entry) -> None:
         """Timer callback: ``entry`` expired unused; free its place in the cache."""
         entry.timer = None
         if self._hot.get(key) is entry:
             self._cache.pop(key, None)
-
-    def _entry(self, token: Token, mono: float, wall: float) -> Entry:
-        """Deadlines of ``token`` on the monotonic clock, given a (monotonic, wall) pair."""
-        hard = mono + (token.expires_at - wall)
-        lifetime = token.lifetime
-        if lifetime is None:
-            lifetime = token.expires_at - wall
-        stale, expired = self._margins.offsets(lifetime)
-        return Entry(token, hard - stale, hard - expired)
 
     def _forget(self, key: str) -> None:
         flight = self._inflight.pop(key, None)
@@ -693,8 +705,7 @@ class TokenManager:
             flight.fenced = True  # its callers still get its result; the cache does not
         self._cache.pop(key, None)
         self._failures.forget(key)
-        self._rejected.pop(key, None)
-        self._invalidated.pop(key, None)
+        self._rejected.forget(key)
         self._saver.forget(key)
 
     def _check_open(self) -> None:
@@ -709,6 +720,8 @@ class TokenManager:
                 "with gunicorn --preload)"
             )
         self._used = True
+        if self._keep_alive is not None:
+            self._keep_alive.ensure_running()
 
     def _after_fork_in_child(self) -> None:
         """In a forked child (see :mod:`asynctoken._fork`): refuse a manager the parent used."""

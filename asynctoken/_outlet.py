@@ -7,9 +7,10 @@ from the endpoint, and settles the waiting callers early when a save keeps it bu
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
-from ._cache import Flight
+from ._cache import Entry, Flight
 from ._token import Token
 
 if TYPE_CHECKING:
@@ -43,23 +44,22 @@ class CacheOutlet:
         manager = self._manager
         if stored is None or not stored.access_token:
             return None
-        if manager._rejected.get(self._key) == stored.access_token:
+        if manager._rejected.rejected(self._key, stored.access_token):
             return None
         now = manager._monotonic()
-        entry = manager._entry(stored, now, manager._wall())
+        entry = self._entry(stored, now, manager._wall())
         if now >= (entry.stale_at if need_fresh else entry.expired_at):
             return None
         if not self._flight.fenced:
-            manager._remember(self._key, entry)
+            self._remember(entry)
         return stored
 
     def publish(self, token: Token, issued_mono: float, issued_wall: float) -> None:
         """Cache a token just obtained from the token endpoint."""
         self.requested = True
         if not self._flight.fenced:
-            manager = self._manager
-            manager._rejected.pop(self._key, None)
-            manager._remember(self._key, manager._entry(token, issued_mono, issued_wall))
+            self._manager._rejected.replaced(self._key)
+            self._remember(self._entry(token, issued_mono, issued_wall))
 
     def holds(self, refresh_token: str | None) -> None:
         """Note the refresh token the store holds (compared later, to end a cooldown early)."""
@@ -73,3 +73,20 @@ class CacheOutlet:
             self._flight.succeed(result)
         else:
             self._flight.fail(result)
+
+    def _entry(self, token: Token, mono: float, wall: float) -> Entry:
+        """Deadlines of ``token`` on the monotonic clock, given a (monotonic, wall) pair."""
+        hard = mono + (token.expires_at - wall)
+        lifetime = token.lifetime
+        if lifetime is None:
+            lifetime = token.expires_at - wall
+        stale, expired = self._manager._margins.offsets(lifetime)
+        return Entry(token, hard - stale, hard - expired)
+
+    def _remember(self, entry: Entry) -> None:
+        """Cache ``entry`` (the hot path serves it while fresh) until its token expires."""
+        manager, key = self._manager, self._key
+        manager._cache[key] = entry
+        if manager._drop_timers and manager._hot.get(key) is entry:
+            delay = max(0.0, entry.expired_at - manager._monotonic())
+            entry.timer = asyncio.get_running_loop().call_later(delay, manager._drop, key, entry)

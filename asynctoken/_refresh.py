@@ -139,6 +139,7 @@ class Refresher:
         force: bool,
         background: bool,
         hurry: bool,
+        renew_if: Callable[[Token | None], bool] | None = None,
     ) -> Token:
         """Renew ``key``'s token, or pick up one renewed elsewhere; return it.
 
@@ -149,13 +150,22 @@ class Refresher:
             force: request a new token even if the stored one is valid.
             background: a stale token is still being served; a picked-up token must be fresh.
             hurry: skip the minimum refresh interval (forced, or the token was rejected).
+            renew_if: decides on the record re-read under the lock whether to request a new
+                token even though the stored one is valid (keep-alive: only while its refresh
+                token is still due, so that among processes only the first renews it).
 
         Raises:
             TokenError: any failure, with ``key`` set.
         """
         try:
             return await self._run(
-                key, provider, outlet, force=force, background=background, hurry=hurry
+                key,
+                provider,
+                outlet,
+                force=force,
+                background=background,
+                hurry=hurry,
+                renew_if=renew_if,
             )
         except TokenError as exc:
             if exc.key is None:
@@ -171,10 +181,11 @@ class Refresher:
         force: bool,
         background: bool,
         hurry: bool,
+        renew_if: Callable[[Token | None], bool] | None,
     ) -> Token:
         store = self._store
         # 1. Pick up: a cold cache or another process may already have a good token.
-        if not force:
+        if not force and renew_if is None:
             token = outlet.pick_up(await store.get(key), need_fresh=background)
             if token is not None:
                 return token
@@ -182,6 +193,8 @@ class Refresher:
         async with store.lock(key, timeout=self._lock_timeout):
             # 3. Re-read, after writing what an earlier save left unsaved.
             stored = await self._saver.resume(key, await store.get(key))
+            if renew_if is not None:
+                force = force or renew_if(stored)
             if not force:
                 token = outlet.pick_up(stored, need_fresh=background)
                 if token is not None:

@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 
 from ._errors import StoreError, TokenError
 from ._token import RefreshFailure, Token
+from .providers._base import Provider
 from .stores._base import TokenStore
 
 __all__ = [
@@ -233,9 +234,7 @@ def describe(
     key: str,
     token: Token | None,
     now: float,
-    *,
-    provider: str | None = None,
-    can_reauthenticate: bool | None = None,
+    registered: Provider | None = None,
     cooldown_until: float | None = None,
     refreshing: bool = False,
     damaged: str | None = None,
@@ -246,13 +245,14 @@ def describe(
         key: the credential.
         token: its stored record.
         now: unix time of the status.
-        provider: the provider's name if the record does not say.
-        can_reauthenticate: whether the provider has a password or client-credentials grant
-            (``None``: unknown, as in ``asynctoken status``).
+        registered: its provider in this process; ``None`` when unknown (``asynctoken
+            status``): then whether a password grant could take over is unknown too.
         cooldown_until: see :attr:`CredentialStatus.cooldown_until`.
         refreshing: see :attr:`CredentialStatus.refreshing`.
         damaged: why the record could not be read.
     """
+    provider = registered.name if registered is not None else None
+    can_reauthenticate = registered.can_reauthenticate if registered is not None else None
     if token is None:
         return CredentialStatus(
             key=key,

@@ -184,11 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common, store, provider],
         formatter_class=formatter,
         epilog=_EPILOG,
-        help="force one refresh of a stored credential",
-        description=f"Refresh NAME now and save the result. The client secret comes from "
-        f"{ENV_CLIENT_SECRET} or a prompt.",
+        help="force one refresh of a stored credential, or renew those due (--due)",
+        description=f"Refresh NAME now and save the result. With --due instead of NAME, renew "
+        f"every credential of --provider whose refresh token would otherwise die of idleness "
+        f"soon (Keliweb: after 8 of its 10 days), once across every process sharing the store: "
+        f"run it from cron. The client secret comes from {ENV_CLIENT_SECRET} or a prompt.",
     )
-    refresh.add_argument("name", metavar="NAME", help="the credential's key in the store")
+    refresh.add_argument(
+        "name", metavar="NAME", nargs="?", help="the credential's key in the store"
+    )
+    refresh.add_argument(
+        "--due",
+        action="store_true",
+        help="renew the credentials whose refresh token is due instead of one NAME",
+    )
     refresh.set_defaults(handler=cmd_refresh)
 
     add = sub.add_parser(

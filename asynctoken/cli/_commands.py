@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .._errors import StoreError
+from .._errors import CredentialNotFoundError, StoreError
 from .._manager import TokenManager
 from ..providers import ERPeasyProvider, KeliwebProvider, OAuth2Provider, Provider
 from ..stores._base import TokenStore
@@ -219,8 +219,13 @@ async def cmd_add(args: argparse.Namespace, style: Style, out: Output) -> int:
 
 
 async def cmd_refresh(args: argparse.Namespace, style: Style, out: Output) -> int:
-    """Force one refresh of a stored credential through the given provider."""
+    """Force one refresh of a stored credential through the given provider (or, with
+    ``--due``, renew every credential of that provider whose refresh token is due)."""
+    if (args.name is None) == (not args.due):
+        raise CliError("give either NAME or --due", EXIT_USAGE)
     _check_provider_args(args)
+    if args.due:
+        return await _refresh_due(args, style, out)
     store = open_store(args, must_exist=True)
     name: str = args.name
     async with TokenManager(store=store) as manager:  # closes the store
@@ -242,3 +247,33 @@ async def cmd_refresh(args: argparse.Namespace, style: Style, out: Output) -> in
     out.write(f"{style.green('refreshed')} {name!r} in {_store_label(args.store)}\n")
     out.write(_token_line(token, style) + "\n")
     return EXIT_OK
+
+
+async def _refresh_due(args: argparse.Namespace, style: Style, out: Output) -> int:
+    """``refresh --due``: renew the due credentials issued by ``--provider``; the others are
+    left alone. Exit 1 if any due credential could not be renewed."""
+    store = open_store(args, must_exist=True)
+    provider = build_provider(args, password_grant=False)
+
+    async def ours(key: str) -> Provider | None:
+        record = await store.get(key)
+        return provider if record is not None and record.provider == provider.name else None
+
+    async with TokenManager(store=store, provider_factory=ours) as manager:  # closes the store
+        results = await manager.refresh_due()
+    renewed = failed = 0
+    for key, error in results.items():
+        if error is None:
+            renewed += 1
+            out.write(f"{style.green('renewed')} {printable(key)!r}\n")
+        elif not isinstance(error, CredentialNotFoundError):
+            failed += 1
+            out.write(f"{style.red('failed')}  {printable(key)!r}: {printable(str(error))}\n")
+    skipped = len(results) - renewed - failed
+    summary = f"{len(results)} due in {_store_label(args.store)}: {renewed} renewed"
+    if skipped:
+        summary += f", {skipped} of another provider left alone"
+    if failed:
+        summary += f", {failed} failed"
+    out.write(style.dim(summary) + "\n")
+    return EXIT_TOKEN if failed else EXIT_OK
