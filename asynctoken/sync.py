@@ -170,6 +170,9 @@ class SyncTokenManager:
         telemetry: see :class:`~asynctoken.TokenManager`.
         telemetry_keys: see :class:`~asynctoken.TokenManager`.
         lock_wait_threshold: see :class:`~asynctoken.TokenManager`.
+        keep_alive: see :class:`~asynctoken.TokenManager`: the scans run on the manager's loop
+            thread.
+        keep_alive_interval: see :class:`~asynctoken.TokenManager`.
 
     There is no ``session`` option: an :class:`aiohttp.ClientSession` belongs to one event loop,
     and the manager's loop is its own.
@@ -211,6 +214,8 @@ class SyncTokenManager:
         telemetry: bool = True,
         telemetry_keys: bool = False,
         lock_wait_threshold: float = 1.0,
+        keep_alive: bool = False,
+        keep_alive_interval: float = 3600.0,
     ) -> None:
         self._options: dict[str, Any] = {
             "provider_factory": _off_the_loop(provider_factory) if provider_factory else None,
@@ -229,6 +234,8 @@ class SyncTokenManager:
             "telemetry": telemetry,
             "telemetry_keys": telemetry_keys,
             "lock_wait_threshold": lock_wait_threshold,
+            "keep_alive": keep_alive,
+            "keep_alive_interval": keep_alive_interval,
         }
         # Built here, so that bad options fail here, with the async manager's errors.
         self._manager = TokenManager(store, **self._options)
@@ -327,6 +334,19 @@ class SyncTokenManager:
             _refuse_in_loop("remove")
         self._providers.pop(key, None)
         return self._running().call(TokenManager.remove, key)
+
+    def refresh_due(self) -> dict[str, TokenError | None]:
+        """Renew every credential whose refresh token would die of idleness soon.
+
+        See :meth:`TokenManager.refresh_due`.
+
+        Raises:
+            StoreError: the store cannot list its keys.
+            RuntimeError: called from a running event loop.
+        """
+        if _get_running_loop() is not None:
+            _refuse_in_loop("refresh_due")
+        return self._running().call(TokenManager.refresh_due)
 
     def status(self, key: str) -> CredentialStatus:
         """What ``key`` is doing: its tokens, its last refresh, failures, cooldown.

@@ -13,14 +13,18 @@ from pathlib import Path
 
 import pytest
 from support import FAST_RETRY, keliweb
+from sync_support import ThreadedServer, sync_server
 from test_cli import run_cli
 
 from asynctoken import FileStore, Token, TokenManager, TransientError
 from asynctoken._status import renew_at
 from asynctoken.events import Event, RefreshStarted, RefreshSucceeded
+from asynctoken.sync import SyncTokenManager
 from asynctoken.testing import FakeClock, FakeOAuthServer
 
 DAY = 86_400.0
+
+__all__ = ["sync_server"]  # the fixture, imported for pytest
 
 
 def test_when_a_refresh_token_is_due() -> None:
@@ -215,3 +219,14 @@ async def test_cli_refresh_due(cli_server: FakeOAuthServer, tmp_path: Path) -> N
     assert usage.code == 2
     assert "either NAME or --due" in usage.err
     assert os.path.exists(path)
+
+
+def test_refresh_due_from_sync_code(sync_server: ThreadedServer) -> None:
+    """SyncTokenManager.refresh_due() is the async one through the loop thread."""
+    with SyncTokenManager() as tm:
+        tm.add("seeded", sync_server.provider(), refresh_token=sync_server.seed())
+        tm.add("fresh", sync_server.provider(), refresh_token=sync_server.seed())
+        tm.get_token("fresh")  # refreshed now: not due
+        assert tm.refresh_due() == {"seeded": None}  # a seed's age is unknown: due at once
+        assert sync_server.token_requests == 2
+        assert tm.refresh_due() == {}
