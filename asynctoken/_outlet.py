@@ -81,7 +81,10 @@ class CacheOutlet:
         if lifetime is None:
             lifetime = token.expires_at - wall
         stale, expired = self._manager._margins.offsets(lifetime)
-        return Entry(token, hard - stale, hard - expired)
+        stale_at, expired_at = hard - stale, hard - expired
+        if token.refresh_at is not None:  # the server said when (refresh_in)
+            stale_at = min(mono + (token.refresh_at - wall), expired_at)
+        return Entry(token, stale_at, expired_at)
 
     def _remember(self, entry: Entry) -> None:
         """Cache ``entry`` (the hot path serves it while fresh) until its token expires."""

@@ -164,6 +164,9 @@ class Token:
         refresh_token_expires_at: when the server said the current refresh token dies
             (``refresh_token_expires_in`` or ``refresh_expires_in`` in its answer), or ``None``.
         failure: the refreshes that failed since this token was obtained, or ``None``.
+        refresh_at: when the server asked to refresh (unix epoch seconds, from ``refresh_in``
+            in its answer), or ``None``: the token turns stale then, if that is before the
+            margins say.
     """
 
     access_token: str
@@ -178,6 +181,7 @@ class Token:
     refresh_token_issued_at: float | None = None
     refresh_token_expires_at: float | None = None
     failure: RefreshFailure | None = None
+    refresh_at: float | None = None
 
     @property
     def authorization(self) -> str:
@@ -199,7 +203,8 @@ class Token:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; the inverse of :meth:`from_dict`.
 
-        ``dpop_key``, the refresh token's times and ``failure`` are only present when set, so
+        ``dpop_key``, the refresh token's times, ``failure`` and ``refresh_at`` are only present
+        when set, so
         older versions read the records unchanged.
         """
         data = {
@@ -220,6 +225,8 @@ class Token:
             data["refresh_token_expires_at"] = self.refresh_token_expires_at
         if self.failure is not None:
             data["failure"] = self.failure.to_dict()
+        if self.refresh_at is not None:
+            data["refresh_at"] = self.refresh_at
         return data
 
     @classmethod
@@ -274,6 +281,7 @@ class Token:
             refresh_token_issued_at=_number(data.get("refresh_token_issued_at")),
             refresh_token_expires_at=_number(data.get("refresh_token_expires_at")),
             failure=RefreshFailure.from_dict(data.get("failure")),
+            refresh_at=_number(data.get("refresh_at")),
         )
 
     def __repr__(self) -> str:

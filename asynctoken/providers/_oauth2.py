@@ -127,7 +127,9 @@ class OAuth2Provider(BaseTokenProvider):
         timeout: total seconds for the request, body included.
         max_response_bytes: larger answers are rejected.
         default_expires_in: lifetime in seconds assumed when an answer has no ``expires_in``
-            (otherwise such an answer is a :class:`~asynctoken.MalformedResponseError`).
+            and its access token is not a JWT with an ``exp`` claim (read, unverified, for
+            timing only); otherwise such an answer is a
+            :class:`~asynctoken.MalformedResponseError`.
         extra_headers: more request headers (not ``Authorization``, ``Cookie``,
             ``Content-Type``, …).
 

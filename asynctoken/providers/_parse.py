@@ -29,6 +29,7 @@ from .._errors import (
 from .._secrets import mask
 from .._token import LONE_SURROGATE, UNSTORABLE, Token, storable_value
 from ._headers import get_header, parse_retry_after
+from ._timing import jwt_lifetime, refresh_after
 
 __all__ = ["parse_token_response", "sanitize_text", "usable_refresh_token"]
 
@@ -260,7 +261,9 @@ def parse_token_response(
         provider: provider name, recorded on the token and used in messages.
         grant_type: the grant that was used; selects the wording of ``invalid_grant`` errors.
         endpoint: the endpoint host, for messages.
-        default_expires_in: lifetime to assume when the answer has no ``expires_in``.
+        default_expires_in: lifetime to assume when the answer has no ``expires_in`` and the
+            access token is not a JWT with an ``exp`` claim (read without verification, only
+            for timing). A ``refresh_in`` sets :attr:`Token.refresh_at`.
         max_response_bytes: a longer body is a :class:`MalformedResponseError` on success and is
             ignored on error statuses.
         redact: secret values the request carried, removed from messages.
@@ -381,8 +384,11 @@ def _build_token(
     # It goes into an Authorization header verbatim: only visible ASCII can travel there safely.
     if not all("\x21" <= c <= "\x7e" for c in access_token):
         raise ctx.malformed("access_token contains characters not allowed in an HTTP header")
+    if data.get("expires_in") in (None, 0, "0"):  # a JWT's exp, before the default lifetime
+        default_expires_in = jwt_lifetime(access_token, issued_at) or default_expires_in
     expires_in = _expires_in(ctx, data, default_expires_in)
     expires_at = issued_at + expires_in
+    refresh_in = refresh_after(data)
     if not math.isfinite(expires_at):
         raise ctx.malformed("expires_in is too large")
     token_type = _optional_str(ctx, data, "token_type") or "Bearer"
@@ -410,6 +416,7 @@ def _build_token(
         extra=extra,
         issued_at=issued_at,
         provider=ctx.provider,
+        refresh_at=None if refresh_in is None else issued_at + refresh_in,
     )
 
 
