@@ -40,6 +40,7 @@ SCENARIOS = (
     "scale",
     "multi_tenant",
     "events",
+    "stores",
 )
 RESULTS = Path(__file__).resolve().parent / "results"
 

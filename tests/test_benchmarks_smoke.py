@@ -27,6 +27,7 @@ SCENARIOS = [
     "scale",
     "multi_tenant",
     "events",
+    "stores",
 ]
 # Run the CLI with the peers made unimportable (as if not installed).
 HIDE_PEERS = (

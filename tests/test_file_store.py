@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -76,12 +77,67 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 async def test_file_format(path: Path) -> None:
     store = FileStore(path)
     await store.put("tenant/1", token(1))
+    await store.put("tenant/2", token(2))
     data = json.loads(path.read_text("utf-8"))
+    generation = data.pop("generation")
+    assert re.fullmatch(r"[0-9a-f]{32}", generation)
     assert data == {
         "format": "asynctoken.filestore",
         "version": 1,
-        "credentials": {"tenant/1": token(1).to_dict()},
+        "credentials": {"tenant/1": token(1).to_dict(), "tenant/2": token(2).to_dict()},
     }
+    # One record per line, so that a write re-encodes only what it changes.
+    lines = path.read_text("utf-8").splitlines()
+    assert lines[0].endswith('"credentials": {')
+    assert lines[1].startswith('"tenant/1": {')
+    assert lines[2].startswith('"tenant/2": {')
+    assert lines[3:] == ["}}"]
+    await store.put("tenant/1", token(3))
+    assert json.loads(path.read_text("utf-8"))["generation"] != generation
+
+
+async def test_an_indented_file_of_an_older_version_is_read_and_rewritten(path: Path) -> None:
+    record = {**token(1).to_dict(), "added_later": [1, 2]}
+    document = {"format": "asynctoken.filestore", "version": 1, "credentials": {"old": record}}
+    path.write_text(json.dumps(document, indent=1))
+    store = FileStore(path)
+    assert await store.get("old") == token(1)
+    await store.put("new", token(2))
+    assert json.loads(path.read_text())["credentials"] == {"old": record, "new": token(2).to_dict()}
+    assert await FileStore(path).get("old") == token(1)
+
+
+async def test_concurrent_writes_of_one_process_share_file_writes(path: Path) -> None:
+    """A thousand credentials saved at once: the writes queued while one is in progress are
+    applied together (each with its own result), not one whole-file rewrite each."""
+    store = FileStore(path)
+    await store.put("seed", token(0))
+    versions = set()  # the random generation of each version of the file seen after a write
+
+    async def add(n: int) -> bool:
+        won = await store.put_if_absent(f"tenant-{n}", token(n))
+        with path.open() as file:
+            versions.add(file.readline())
+        return won
+
+    results = await asyncio.gather(*(add(n) for n in range(1000)))
+    assert results == [True] * 1000
+    assert not await store.put_if_absent("tenant-5", token(5))
+    assert len(versions) < 100, len(versions)
+    reader = FileStore(path)
+    assert len(await collect(reader.keys())) == 1001
+    assert await reader.get("tenant-999") == token(999)
+
+
+async def test_a_failed_batch_fails_each_write_and_keeps_the_file(path: Path) -> None:
+    store = FileStore(path, lock_timeout=0.2)
+    await store.put("k", token(1))
+    with FileLock(f"{path}.lock"):  # another process holds the write lock too long
+        results = await asyncio.gather(
+            *(store.put(f"k{n}", token(n)) for n in range(5)), return_exceptions=True
+        )
+    assert all(isinstance(r, StoreLockTimeoutError) for r in results), results
+    assert set(await collect(store.keys())) == {"k"}
 
 
 async def test_missing_file_is_an_empty_store_and_no_op_writes_create_nothing(path: Path) -> None:

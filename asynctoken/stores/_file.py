@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
@@ -13,25 +15,25 @@ from filelock import FileLock, Timeout
 
 from .._errors import ConfigurationError, StoreError, StoreLockTimeoutError
 from .._token import Token
+from ._batch import Outcome, WriteBatcher
 from ._file_access import NEW_DIRECTORY_MODE, NEW_FILE_MODE, adopt
 from ._file_format import (
-    CorruptFileError,
-    Document,
-    Stamp,
     copy_aside,
-    empty_document,
-    is_settled,
+    is_current,
     read_document,
     remove_stale_temp_files,
-    stamp_of,
     write_document,
 )
+from ._file_layout import CorruptFileError, Layout, Stamp
 from ._key_locks import KeyLocks, make_directories, shared_access
 from ._records import Cipher, RecordCodec, Resealed
 
 __all__ = ["FileStore"]
 
 _R = TypeVar("_R")
+
+#: A change of the records (key -> JSON text): returns its result and whether it changed them.
+_Change = Callable[[dict[str, str]], tuple[Any, bool]]
 
 _WRITE_LOCK_POLL = 0.002
 
@@ -61,7 +63,12 @@ class FileStore:
       a lock file that another process waits on would break mutual exclusion).
 
     All file I/O runs in worker threads (:func:`anyio.to_thread.run_sync`); lock waits poll with
-    ``poll_interval`` and never block the event loop.
+    ``poll_interval`` and never block the event loop. Writes of this process that overlap are
+    applied together, in order and each with its own result, in one rewrite of the file (see
+    :mod:`._batch`), and records are kept as their JSON text, so a write encodes only what it
+    changes (see :mod:`._file_layout`). The version last read or written is reused while the
+    file is unchanged. Still, every write rewrites the whole file: beyond some 10,000
+    credentials, :class:`~asynctoken.stores.SQLiteStore` is the better choice.
 
     A file that is not a valid asynctoken file is never read as empty and never overwritten: every
     call raises :class:`~asynctoken.StoreError` naming the path and the problem, and a copy is
@@ -85,12 +92,14 @@ class FileStore:
     """
 
     __slots__ = (
+        "_batcher",
         "_cache",
         "_codec",
         "_corrupt_copies",
         "_key_locks",
         "_lock_path",
         "_lock_timeout",
+        "_parsing",
         "_path",
         "_poll_interval",
         "_swept",
@@ -113,10 +122,12 @@ class FileStore:
         self._codec = RecordCodec(cipher, self._path)
         self._lock_timeout = float(lock_timeout)
         self._poll_interval = float(poll_interval)
-        # The last parsed version of the file, reused while its stat identity is unchanged.
-        self._cache: Document | None = None
+        # The version of the file last read or written, reused while it is current.
+        self._cache: Layout | None = None
         self._corrupt_copies: dict[Stamp, str] = {}
         self._key_locks = KeyLocks(self._path, self._poll_interval)
+        self._batcher: WriteBatcher[tuple[str, _Change]] = WriteBatcher(self._commit)
+        self._parsing = threading.Lock()
         self._swept = False
 
     @property
@@ -131,29 +142,29 @@ class FileStore:
             StoreError: the file is unreadable, corrupt, from a newer version, or the record of
                 ``key`` is invalid.
         """
-        document = await anyio.to_thread.run_sync(self._read_cached, key)
-        if key not in document.credentials:
+        text = (await anyio.to_thread.run_sync(self._read_cached, key)).records.get(key)
+        if text is None:
             return None
-        return self._decode(key, document.credentials[key])
+        return self._decode(key, text)
 
     async def put(self, key: str, token: Token) -> None:
         """See :meth:`TokenStore.put`. Overwrites a record even if it is invalid."""
-        record = self._codec.encode(key, token)
+        record = self._codec.dumps(key, token)
 
-        def change(credentials: dict[str, Any]) -> tuple[None, bool]:
-            credentials[key] = record
+        def change(records: dict[str, str]) -> tuple[None, bool]:
+            records[key] = record
             return None, True
 
         await self._mutate(key, change)
 
     async def put_if_absent(self, key: str, token: Token) -> bool:
         """See :meth:`TokenStore.put_if_absent`."""
-        record = self._codec.encode(key, token)
+        record = self._codec.dumps(key, token)
 
-        def change(credentials: dict[str, Any]) -> tuple[bool, bool]:
-            if key in credentials:
+        def change(records: dict[str, str]) -> tuple[bool, bool]:
+            if key in records:
                 return False, False
-            credentials[key] = record
+            records[key] = record
             return True, True
 
         return await self._mutate(key, change)
@@ -167,17 +178,17 @@ class FileStore:
         Raises:
             StoreError: the stored record of ``key`` is invalid (it cannot be compared).
         """
-        record = self._codec.encode(key, token)
+        record = self._codec.dumps(key, token)
 
-        def change(credentials: dict[str, Any]) -> tuple[bool, bool]:
-            if key not in credentials:
+        def change(records: dict[str, str]) -> tuple[bool, bool]:
+            if key not in records:
                 return False, False
-            current = self._decode(key, credentials[key])
+            current = self._decode(key, records[key])
             if current == token:
                 return True, False
             if current.refresh_token != expected_refresh_token:
                 return False, False
-            credentials[key] = record
+            records[key] = record
             return True, True
 
         return await self._mutate(key, change)
@@ -185,10 +196,10 @@ class FileStore:
     async def delete(self, key: str) -> bool:
         """See :meth:`TokenStore.delete`. Deletes a record even if it is invalid."""
 
-        def change(credentials: dict[str, Any]) -> tuple[bool, bool]:
-            if key not in credentials:
+        def change(records: dict[str, str]) -> tuple[bool, bool]:
+            if key not in records:
                 return False, False
-            del credentials[key]
+            del records[key]
             return True, True
 
         return await self._mutate(key, change)
@@ -202,15 +213,15 @@ class FileStore:
         """
         wanted = list(dict.fromkeys(keys))
 
-        def change(credentials: dict[str, Any]) -> tuple[Resealed, bool]:
+        def change(records: dict[str, str]) -> tuple[Resealed, bool]:
             rewritten, unchanged, errors = 0, 0, []
             for key in wanted:
-                record = credentials.get(key)
-                if record is None or self._codec.is_current(record):
-                    unchanged += 1
-                    continue
+                text = records.get(key)
                 try:
-                    credentials[key] = self._codec.encode(key, self._decode(key, record))
+                    if text is None or self._codec.is_current(self._parse_record(key, text)):
+                        unchanged += 1
+                        continue
+                    records[key] = self._codec.dumps(key, self._decode(key, text))
                 except StoreError as exc:
                     errors.append(exc)
                     continue
@@ -223,8 +234,8 @@ class FileStore:
 
     async def keys(self) -> AsyncIterator[str]:
         """See :meth:`TokenStore.keys`. The keys of the file as it was when iteration began."""
-        document = await anyio.to_thread.run_sync(self._read_cached, None)
-        for key in list(document.credentials):
+        layout = await anyio.to_thread.run_sync(self._read_cached, None)
+        for key in list(layout.records):
             yield key
 
     def lock(self, key: str, *, timeout: float) -> AbstractAsyncContextManager[None]:
@@ -242,43 +253,42 @@ class FileStore:
     def __repr__(self) -> str:
         return f"FileStore(path={self._path!r})"
 
-    def _reopen(self) -> FileStore:
-        """The same file, with none of this instance's lock waiters, cache or event-loop state.
-
-        For a forked child (see :mod:`asynctoken.sync`): a parent's task may have held a lock of
-        this instance at the moment of the fork, and that task never runs in the child.
-        """
-        return FileStore(
-            self._path,
-            cipher=self._codec.cipher,
-            lock_timeout=self._lock_timeout,
-            poll_interval=self._poll_interval,
-        )
-
     # -- reading ---------------------------------------------------------------------------------
 
-    def _decode(self, key: str, record: Any) -> Token:
-        return self._codec.decode(key, record, where=f"record {key!r} in {self._path}")
+    def _decode(self, key: str, text: str) -> Token:
+        where = f"record {key!r} in {self._path}"
+        return self._codec.decode(key, self._parse_record(key, text), where=where)
 
-    def _read_cached(self, key: str | None) -> Document:
-        """Parse the file, or reuse the last parse while the file's stat identity is unchanged."""
+    def _parse_record(self, key: str, text: str) -> Any:
         try:
-            stamp = stamp_of(os.stat(self._path))
-        except FileNotFoundError:
-            return empty_document()
-        except OSError as exc:
-            message = f"cannot read {self._path}: {exc.strerror}"
-            raise StoreError(message, location=self._path) from exc
-        cached = self._cache
-        if cached is not None and cached.stamp == stamp:
-            return cached
-        document = self._read(key)
-        # Only a settled version is cached: see _file_format.is_settled.
-        if document.stamp is not None and is_settled(document.stamp):
-            self._cache = document
-        return document
+            return json.loads(text)
+        except ValueError:  # pragma: no cover - only valid JSON is ever kept
+            message = f"record {key!r} in {self._path} is not JSON"
+            raise StoreError(message, location=self._path, key=key) from None
 
-    def _read(self, key: str | None) -> Document:
+    def _read_cached(self, key: str | None) -> Layout:
+        """The file's current version: the last one read or written while it is still current
+        (see :func:`._file_format.is_current`), else parsed anew.
+
+        One thread at a time parses (the others then reuse its parse), and never while this
+        process writes the file: a reader that sees the new file before the writer has cached
+        it waits for that instead of parsing it again.
+        """
+        cached = self._cache
+        if cached is not None and is_current(self._path, cached):
+            return cached
+        with self._parsing:
+            return self._read_cached_locked(key)
+
+    def _read_cached_locked(self, key: str | None) -> Layout:
+        cached = self._cache
+        if cached is not None and is_current(self._path, cached):
+            return cached
+        layout = self._read(key)
+        self._cache = layout
+        return layout
+
+    def _read(self, key: str | None) -> Layout:
         try:
             return read_document(self._path)
         except CorruptFileError as exc:
@@ -305,11 +315,14 @@ class FileStore:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    async def _mutate(self, key: str, change: Callable[[dict[str, Any]], tuple[_R, bool]]) -> _R:
-        return await anyio.to_thread.run_sync(self._mutate_sync, key, change)
+    async def _mutate(self, key: str, change: Callable[[dict[str, str]], tuple[_R, bool]]) -> _R:
+        result: _R = await self._batcher.submit((key, change))
+        return result
 
-    def _mutate_sync(self, key: str, change: Callable[[dict[str, Any]], tuple[_R, bool]]) -> _R:
-        """Read-modify-write under the store-wide lock; ``change`` says what to write, and if."""
+    def _commit(self, changes: Sequence[tuple[str, _Change]]) -> list[Outcome]:
+        """Apply queued changes in one read-modify-write under the store-wide write lock, and
+        write the file once if any of them changed something (in a worker thread)."""
+        key = changes[0][0]
         make_directories(os.path.dirname(self._path), NEW_DIRECTORY_MODE, self._path)
         access = shared_access(self._path)
         mode = NEW_FILE_MODE if access is None else access.lock_file_mode
@@ -334,11 +347,29 @@ class FileStore:
             if not self._swept:
                 remove_stale_temp_files(self._path)
                 self._swept = True
-            document = self._read(key)  # never the cache: the file may have changed a moment ago
-            result, changed = change(document.credentials)
-            if changed:
-                self._cache = None
-                write_document(self._path, document.top)
-            return result
+            with self._parsing:
+                return self._apply(key, changes)
         finally:
             write_lock.release()
+
+    def _apply(self, key: str, changes: Sequence[tuple[str, _Change]]) -> list[Outcome]:
+        """Apply ``changes`` and write the file once if any changed it (under both locks)."""
+        # The version this process read or wrote last is reused only if it is still the
+        # file's (another process may have written since).
+        layout = self._read_cached_locked(key)
+        records = dict(layout.records)  # the cache stays as on disk if the write fails
+        outcomes: list[Outcome] = []
+        changed = False
+        for change_key, change in changes:
+            try:
+                result, changed_now = change(records)
+            except StoreError as exc:
+                if exc.key is None:
+                    exc.key = change_key
+                outcomes.append((False, exc))
+                continue
+            outcomes.append((True, result))
+            changed = changed or changed_now
+        if changed:
+            self._cache = write_document(self._path, layout.top, records)
+        return outcomes

@@ -1,46 +1,31 @@
-"""The on-disk format of :class:`~asynctoken.stores.FileStore` and the blocking I/O behind it.
+"""The blocking I/O behind :class:`~asynctoken.stores.FileStore`: read, replace atomically, keep
+damaged files aside.
 
-Everything here is synchronous and runs in a worker thread, never on the event loop. The file is
-one JSON object::
-
-    {"format": "asynctoken.filestore", "version": 1, "credentials": {key: Token.to_dict()}}
-
-``version`` is the major version: a reader accepts any file of its own major version and ignores
-fields it does not know (top-level and per record), and refuses a newer major version rather than
-guess. A write keeps unknown top-level fields and every record it does not touch unchanged, so an
-older asynctoken never drops what a newer one added.
+Everything here is synchronous and runs in a worker thread, never on the event loop. What the
+file holds, and how it is laid out, is in :mod:`._file_layout`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import secrets
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from .._errors import StoreError
 from ._file_access import NEW_FILE_MODE, access_of, give_to
+from ._file_layout import VERSION, Layout, NewerVersionError, Stamp, empty_layout, parse, render
 
 __all__ = [
-    "FORMAT",
-    "VERSION",
-    "CorruptFileError",
-    "Document",
-    "Stamp",
     "copy_aside",
-    "is_settled",
+    "is_current",
     "read_document",
     "remove_stale_temp_files",
+    "stamp_of",
     "write_document",
 ]
-
-FORMAT = "asynctoken.filestore"
-VERSION = 1
 
 # O_BINARY matters on Windows only; O_CLOEXEC keeps the descriptors out of child processes.
 _O_BINARY: int = getattr(os, "O_BINARY", 0)
@@ -48,46 +33,11 @@ _O_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
 _O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
 _NO_DIRECTORY_FSYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 
-# A parsed file may be cached only once its mtime is this old. A file replaced within the same
-# timestamp tick (coarse kernel clocks, 1-2 s on some filesystems) with a file of the same size
-# and a recycled inode number would otherwise look unchanged: the "racily clean" problem of git.
+# Without a first line to compare, a parsed file may be reused only once its mtime is this old.
+# A file replaced within the same timestamp tick (coarse kernel clocks, 1-2 s on some
+# filesystems) with a file of the same size and a recycled inode number would otherwise look
+# unchanged: the "racily clean" problem of git.
 _SETTLE_NS = 3_000_000_000
-
-#: What identifies one version of the file: (device, inode, size, mtime_ns, ctime_ns).
-Stamp = tuple[int, int, int, int, int]
-
-
-class CorruptFileError(Exception):
-    """The file is not a usable asynctoken file; ``reason`` says why, without quoting content."""
-
-    def __init__(self, reason: str, raw: bytes, stamp: Stamp) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.raw = raw
-        self.stamp = stamp
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    """One parsed version of the file.
-
-    Attributes:
-        top: the whole top-level object, unknown fields included.
-        credentials: the raw records by key (``top["credentials"]``); records are validated only
-            when used, so one bad record does not make every other credential unreadable.
-        stamp: the stat identity of the version read, or ``None`` for a missing file.
-    """
-
-    top: dict[str, Any]
-    credentials: dict[str, Any]
-    stamp: Stamp | None
-
-
-def empty_document() -> Document:
-    """The document of a store whose file does not exist yet."""
-    credentials: dict[str, Any] = {}
-    top = {"format": FORMAT, "version": VERSION, "credentials": credentials}
-    return Document(top=top, credentials=credentials, stamp=None)
 
 
 def stamp_of(st: os.stat_result) -> Stamp:
@@ -95,12 +45,34 @@ def stamp_of(st: os.stat_result) -> Stamp:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def is_settled(stamp: Stamp) -> bool:
-    """Whether a version is old enough that any later write is sure to change its stamp."""
-    return time.time_ns() - max(stamp[3], stamp[4]) > _SETTLE_NS
+def is_current(path: str, layout: Layout) -> bool:
+    """Whether the file at ``path`` is still the version ``layout`` was read from or written as.
+
+    Its stat identity must match, and either the version is old enough that any later write
+    would change that identity, or the file's first line (with its random ``generation``) is the
+    same. One ``stat``, and for a recent version one short read.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return layout.stamp is None
+    except OSError:
+        return False
+    stamp = stamp_of(st)
+    if layout.stamp is None or stamp != layout.stamp:
+        return False
+    if time.time_ns() - max(stamp[3], stamp[4]) > _SETTLE_NS:
+        return True
+    if layout.first_line is None:
+        return False
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(layout.first_line) + 1) == layout.first_line + b"\n"
+    except OSError:
+        return False
 
 
-def read_document(path: str) -> Document:
+def read_document(path: str) -> Layout:
     """Read and parse the file at ``path``; a missing file is an empty store.
 
     Raises:
@@ -110,7 +82,7 @@ def read_document(path: str) -> Document:
     try:
         fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_CLOEXEC)
     except FileNotFoundError:
-        return empty_document()
+        return empty_layout()
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror}", location=path) from exc
     try:
@@ -119,49 +91,28 @@ def read_document(path: str) -> Document:
             raw = file.read()
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror}", location=path) from exc
-    return _parse(raw, stamp, path)
-
-
-def _parse(raw: bytes, stamp: Stamp, path: str) -> Document:
-    if not raw.strip():
-        raise CorruptFileError("the file is empty (truncated?)", raw, stamp)
     try:
-        top = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CorruptFileError("the file is not UTF-8 text", raw, stamp) from None
-    except json.JSONDecodeError as exc:  # the message names a position, never the content
-        reason = f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}; truncated?)"
-        raise CorruptFileError(reason, raw, stamp) from None
-    if not isinstance(top, dict):
-        raise CorruptFileError("the top level is not a JSON object", raw, stamp)
-    if top.get("format") != FORMAT:
-        raise CorruptFileError(f"'format' is not {FORMAT!r}: not an asynctoken file", raw, stamp)
-    version = top.get("version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CorruptFileError("'version' is missing or not a positive integer", raw, stamp)
-    if version > VERSION:
+        return parse(raw, stamp)
+    except NewerVersionError as exc:
         raise StoreError(
-            f"{path} was written by a newer asynctoken (file format version {version}; this "
-            f"version reads {VERSION}): upgrade asynctoken to use it",
+            f"{path} was written by a newer asynctoken (file format version {exc.version}; "
+            f"this version reads {VERSION}): upgrade asynctoken to use it",
             location=path,
-        )
-    credentials = top.get("credentials")
-    if not isinstance(credentials, dict):
-        raise CorruptFileError("'credentials' is missing or not a JSON object", raw, stamp)
-    return Document(top=top, credentials=credentials, stamp=stamp)
+        ) from None
 
 
-def write_document(path: str, top: Mapping[str, Any]) -> None:
-    """Replace the file at ``path`` atomically and durably.
+def write_document(path: str, top: dict[str, Any], records: dict[str, str]) -> Layout:
+    """Replace the file at ``path`` atomically and durably; return the version written.
 
     The bytes go to a new ``0600`` file in the same directory, which is flushed, fsync'd and
     renamed over ``path``; the directory is then fsync'd so that the rename survives a power loss.
     A reader sees either the old file or the new one, never a mix, and a crash leaves at worst an
     orphaned temporary file (removed by :func:`remove_stale_temp_files`). When ``path`` exists,
     the new file first gets its owner (if permitted), group and mode (see :mod:`._file_access`).
+    The caller holds the store-wide write lock, so the version written is still current when the
+    stat after the rename identifies it.
     """
-    # ASCII with \u escapes: any str (even an unpaired surrogate) round-trips, always valid UTF-8.
-    data = json.dumps(top, indent=1, allow_nan=False).encode("ascii") + b"\n"
+    first_line, body = render(top, records)
     directory, name = os.path.split(path)
     temp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | _O_CLOEXEC | _O_NOFOLLOW
@@ -171,10 +122,13 @@ def write_document(path: str, top: Mapping[str, Any]) -> None:
         with os.fdopen(fd, "wb") as file:
             if access is not None:
                 give_to(file.fileno(), access, path)
-            file.write(data)
+            file.write(first_line)
+            for chunk in body:  # short steps: the event loop's thread gets the GIL in between
+                file.write(chunk)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
+        stamp = stamp_of(os.stat(path))
     except OSError as exc:
         _unlink_quietly(temp)
         raise StoreError(f"cannot write {path}: {exc.strerror}", location=path) from exc
@@ -182,6 +136,7 @@ def write_document(path: str, top: Mapping[str, Any]) -> None:
         _unlink_quietly(temp)
         raise
     _fsync_directory(directory, path)
+    return Layout(top=dict(top), records=records, stamp=stamp, first_line=first_line)
 
 
 def remove_stale_temp_files(path: str) -> None:

@@ -17,6 +17,7 @@ import anyio.to_thread
 
 from .._errors import ConfigurationError, StoreError, StoreLockTimeoutError
 from .._token import Token
+from ._batch import Outcome, WriteBatcher
 from ._file_access import NEW_DIRECTORY_MODE, NEW_FILE_MODE
 from ._key_locks import KeyLocks, make_directories
 from ._records import Cipher, RecordCodec, Resealed
@@ -59,7 +60,8 @@ class SQLiteStore:
     ``0600`` (its ``-wal`` and ``-shm`` files follow its mode), with missing parent directories
     ``0700``.
 
-    Each write is one short transaction: :meth:`put` an ``INSERT OR REPLACE``,
+    Each write is a statement in a short transaction (concurrent writes of the process share one
+    transaction and its fsync: see :mod:`._batch`): :meth:`put` an ``INSERT OR REPLACE``,
     :meth:`put_if_absent` an ``INSERT OR IGNORE``, :meth:`delete` a ``DELETE``, and
     :meth:`replace` a per-row compare-and-swap: the row is read, compared in this process (the
     refresh token may be sealed), and written by ``UPDATE … WHERE key = ? AND record = <what
@@ -92,6 +94,7 @@ class SQLiteStore:
     """
 
     __slots__ = (
+        "_batcher",
         "_busy_timeout",
         "_codec",
         "_idle",
@@ -130,6 +133,9 @@ class SQLiteStore:
         self._ready = False
         # One limiter per event loop (a limiter belongs to the loop that created it).
         self._limiters: dict[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = {}
+        self._batcher: WriteBatcher[tuple[str, Callable[..., Any], tuple[Any, ...]]] = WriteBatcher(
+            self._commit
+        )
 
     @property
     def path(self) -> str:
@@ -151,12 +157,12 @@ class SQLiteStore:
     async def put(self, key: str, token: Token) -> None:
         """See :meth:`TokenStore.put`. One ``INSERT OR REPLACE``."""
         record = self._codec.dumps(key, token)
-        await self._run(key, _upsert, key, record)
+        await self._write(key, _upsert, key, record)
 
     async def put_if_absent(self, key: str, token: Token) -> bool:
         """See :meth:`TokenStore.put_if_absent`. One ``INSERT OR IGNORE``."""
         record = self._codec.dumps(key, token)
-        return await self._run(key, _insert, key, record)
+        return await self._write(key, _insert, key, record)
 
     async def replace(self, key: str, token: Token, *, expected_refresh_token: str | None) -> bool:
         """See :meth:`TokenStore.replace`: a per-row compare-and-swap.
@@ -177,11 +183,11 @@ class SQLiteStore:
                 return False
             return record
 
-        return await self._run(key, self._swap, key, decide)
+        return await self._write(key, self._swap, key, decide)
 
     async def delete(self, key: str) -> bool:
         """See :meth:`TokenStore.delete`. One ``DELETE``."""
-        return await self._run(key, _delete, key)
+        return await self._write(key, _delete, key)
 
     async def keys(self) -> AsyncIterator[str]:
         """See :meth:`TokenStore.keys`: in key order, a page of 1,000 keys per query, no
@@ -206,7 +212,7 @@ class SQLiteStore:
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return Resealed()
-        return await self._run(wanted[0], self._reseal, wanted)
+        return await self._write(wanted[0], self._reseal, wanted)
 
     def lock(self, key: str, *, timeout: float) -> AbstractAsyncContextManager[None]:
         """See :meth:`TokenStore.lock`: an OS file lock per key (see the class documentation).
@@ -242,6 +248,39 @@ class SQLiteStore:
         )
 
     # -- running statements ----------------------------------------------------------------------
+
+    async def _write(self, key: str, work: Callable[..., _R], /, *args: Any) -> _R:
+        """Queue a write; concurrent writes share one transaction (see :mod:`._batch`)."""
+        result: _R = await self._batcher.submit((key, work, args))
+        return result
+
+    def _commit(
+        self, changes: Sequence[tuple[str, Callable[..., Any], tuple[Any, ...]]]
+    ) -> list[Outcome]:
+        """Apply queued writes in one transaction (in a worker thread)."""
+        return self._run_sync(changes[0][0], self._apply, (changes,))
+
+    def _apply(
+        self,
+        connection: sqlite3.Connection,
+        changes: Sequence[tuple[str, Callable[..., Any], tuple[Any, ...]]],
+    ) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for key, work, args in changes:
+                try:
+                    outcomes.append((True, work(connection, *args)))
+                except StoreError as exc:  # decided before writing: nothing of it was written
+                    if exc.key is None:
+                        exc.key = key
+                    outcomes.append((False, exc))
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return outcomes
 
     async def _run(self, key: str | None, work: Callable[..., _R], /, *args: Any) -> _R:
         """Run ``work(connection, *args)`` in a worker thread, on a connection of the pool."""
@@ -401,28 +440,28 @@ class SQLiteStore:
 
     def _reseal(self, connection: sqlite3.Connection, keys: list[str]) -> Resealed:
         rewritten, unchanged, errors = 0, 0, []
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            for key in keys:
-                raw = _select(connection, key)
-                if raw is None:
+        for key in keys:
+            raw = _select(connection, key)
+            if raw is None:
+                unchanged += 1
+                continue
+            try:
+                record = _loads(raw)
+                if self._codec.is_current(record):
                     unchanged += 1
                     continue
-                try:
-                    record = _loads(raw)
-                    if self._codec.is_current(record):
-                        unchanged += 1
-                        continue
-                    token = self._decode(key, raw)
-                except StoreError as exc:
-                    errors.append(exc)
-                    continue
-                _upsert(connection, key, self._codec.dumps(key, token))
-                rewritten += 1
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
+                token = self._decode(key, raw)
+            except (StoreError, ValueError) as exc:
+                if not isinstance(exc, StoreError):
+                    exc = StoreError(
+                        f"record {key!r} in {self._path} is not a JSON object",
+                        location=self._path,
+                        key=key,
+                    )
+                errors.append(exc)
+                continue
+            _upsert(connection, key, self._codec.dumps(key, token))
+            rewritten += 1
         return Resealed(rewritten, unchanged, tuple(errors))
 
 
