@@ -253,6 +253,19 @@ class FileStore:
     def __repr__(self) -> str:
         return f"FileStore(path={self._path!r})"
 
+    def _reopen(self) -> FileStore:
+        """The same file, with none of this instance's lock waiters, cache or event-loop state.
+
+        For a forked child (see :mod:`asynctoken.sync`): a parent's task may have held a lock of
+        this instance at the moment of the fork, and that task never runs in the child.
+        """
+        return FileStore(
+            self._path,
+            cipher=self._codec.cipher,
+            lock_timeout=self._lock_timeout,
+            poll_interval=self._poll_interval,
+        )
+
     # -- reading ---------------------------------------------------------------------------------
 
     def _decode(self, key: str, text: str) -> Token:
