@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import os
 import threading
 import weakref
 from asyncio import _get_running_loop
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -27,9 +26,10 @@ from ._errors import TokenError
 from ._manager import ProviderFactory, TokenManager
 from ._policy import Margins, RetryPolicy
 from ._status import CredentialStatus
+from ._sync_calls import close_iterator, events_off_the_loop, next_batch, off_the_loop, register
 from ._sync_runtime import Runtime, register_facade
 from ._token import Token
-from .events import Event, EventCallback
+from .events import EventCallback
 from .providers._base import Provider
 from .stores._base import TokenStore
 
@@ -52,59 +52,6 @@ def _refuse_in_loop(method: str) -> NoReturn:
         f"loop, which it would stall (or deadlock, in the manager's own loop); in async code "
         f"use asynctoken.TokenManager: `await tm.{name}(...)`"
     )
-
-
-def _off_the_loop(factory: ProviderFactory) -> ProviderFactory:
-    """Run a sync provider factory in a worker thread: it may block (a database lookup, the
-    Django ORM, which refuses to run in a thread with a running event loop)."""
-
-    async def resolve(key: str) -> Provider | None:
-        result = await anyio.to_thread.run_sync(factory, key)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
-    return resolve
-
-
-def _events_off_the_loop(callback: EventCallback) -> EventCallback:
-    """Deliver events to a sync subscriber in a worker thread (the dispatcher awaits each
-    delivery, so the order is kept); a coroutine function stays on the loop."""
-    if inspect.iscoroutinefunction(callback):
-        return callback
-
-    async def deliver(event: Event) -> None:
-        result = await anyio.to_thread.run_sync(callback, event)
-        if inspect.isawaitable(result):
-            await result
-
-    return deliver
-
-
-_STATUS_BATCH = 100
-
-
-async def _next_batch(
-    _manager: TokenManager, statuses: AsyncIterator[CredentialStatus]
-) -> list[CredentialStatus]:
-    batch: list[CredentialStatus] = []
-    for _ in range(_STATUS_BATCH):
-        try:
-            batch.append(await anext(statuses))
-        except StopAsyncIteration:
-            break
-    return batch
-
-
-async def _close_iterator(_manager: TokenManager, iterator: AsyncIterator[Any]) -> None:
-    close = getattr(iterator, "aclose", None)
-    if close is not None:
-        await close()
-
-
-async def _register(manager: TokenManager, providers: dict[str, Provider]) -> None:
-    for key, provider in providers.items():
-        await manager.add(key, provider)
 
 
 class SyncTokenManager:
@@ -218,7 +165,7 @@ class SyncTokenManager:
         keep_alive_interval: float = 3600.0,
     ) -> None:
         self._options: dict[str, Any] = {
-            "provider_factory": _off_the_loop(provider_factory) if provider_factory else None,
+            "provider_factory": off_the_loop(provider_factory) if provider_factory else None,
             "margins": margins,
             "retry": retry,
             "cache_size": cache_size,
@@ -230,7 +177,7 @@ class SyncTokenManager:
             "save_patience": save_patience,
             "min_refresh_interval": min_refresh_interval,
             "clock": clock,
-            "on_event": _events_off_the_loop(on_event) if on_event else None,
+            "on_event": events_off_the_loop(on_event) if on_event else None,
             "telemetry": telemetry,
             "telemetry_keys": telemetry_keys,
             "lock_wait_threshold": lock_wait_threshold,
@@ -379,12 +326,12 @@ class SyncTokenManager:
     def _statuses(self, runtime: Runtime) -> Iterator[CredentialStatus]:
         statuses = TokenManager.statuses(runtime.manager)
         try:
-            while batch := runtime.call(_next_batch, statuses):
+            while batch := runtime.call(next_batch, statuses):
                 yield from batch
         finally:
             # Left early: close the generator on its loop (nothing to do once it ended).
             with contextlib.suppress(TokenError):
-                runtime.call(_close_iterator, statuses)
+                runtime.call(close_iterator, statuses)
 
     @property
     def store(self) -> TokenStore:
@@ -476,7 +423,7 @@ class SyncTokenManager:
         )
         if forked and self._providers:
             try:
-                runtime.call(_register, dict(self._providers))
+                runtime.call(register, dict(self._providers))
             except BaseException:
                 runtime.close()
                 raise

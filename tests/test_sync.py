@@ -271,6 +271,7 @@ def test_blocking_calls_from_a_running_event_loop_are_refused(tm: SyncTokenManag
             lambda: tm.remove("k"),
             lambda: tm.status("k"),
             tm.statuses,
+            tm.refresh_due,
             tm.close,
         ):
             with pytest.raises(RuntimeError) as refused:
@@ -472,6 +473,19 @@ def test_the_options_are_the_async_managers() -> None:
     for name, parameter in ours.items():
         assert parameter.default == theirs[name].default, name
         assert parameter.kind == theirs[name].kind, name
+
+
+def test_every_method_of_the_async_manager_has_a_blocking_twin() -> None:
+    from asynctoken import TokenManager
+
+    async_only = {"middleware", "httpx_auth", "aclose"}  # aiohttp / httpx.AsyncClient / close()
+    theirs = {
+        name
+        for name, member in vars(TokenManager).items()
+        if not name.startswith("_") and name not in async_only and callable(member)
+    }
+    missing = sorted(name for name in theirs if not callable(getattr(SyncTokenManager, name, None)))
+    assert missing == []
 
 
 def test_a_sync_event_subscriber_runs_in_a_worker_thread_in_order(
