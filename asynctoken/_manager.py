@@ -206,8 +206,13 @@ class TokenManager:
             telemetry_keys=telemetry_keys,
             lock_wait_threshold=lock_wait_threshold,
         )
-        self._hits = 0  # fresh tokens served: counted here, read by telemetry when collected
-        self._observer.count_lookups(lambda: self._hits)
+        self._hits = 0  # fresh tokens served, counted only for telemetry (see _counting)
+        if self._observer.otel is not None:
+            self._observer.count_lookups(lambda: self._hits)
+            if type(self) is TokenManager:
+                from ._counting import CountingTokenManager
+
+                self.__class__ = CountingTokenManager
         store = self._observer.store(self._store)  # store errors and lock waits seen
         self._hot: dict[str, Entry] = {}
         self._fresh: dict[str, tuple[float, Token]] = {}
@@ -271,7 +276,6 @@ class TokenManager:
         """
         hit = self._fresh.get(key)
         if hit is not None and self._monotonic() < hit[0]:
-            self._hits += 1
             return hit[1]
         return await self._get_slow(key)
 
@@ -395,7 +399,6 @@ class TokenManager:
         """
         hit = self._fresh.get(key)
         if hit is not None and self._monotonic() < hit[0]:
-            self._hits += 1
             return hit[1]
         return None
 

@@ -182,7 +182,7 @@ async def test_every_kind_of_event_without_a_secret() -> None:
         await tm.add("malformed", keliweb(server), refresh_token=server.issue_refresh_token())
         server.rewrite_next(
             lambda answer: answer.with_json(
-                {k: v for k, v in answer.json().items() if k != "expires_in"}
+                {k: v for k, v in answer.json().items() if k != "access_token"}
             )
         )
         with pytest.raises(MalformedResponseError) as caught:

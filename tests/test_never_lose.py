@@ -203,8 +203,9 @@ BROKEN_BUT_ROTATED = {
         json.dumps({"refresh_token": a.refresh_token})[:-1] + ', "access_token": "abc',
         "application/json",
     ),
+    # (An opaque access token: a JWT's exp would stand in for the missing expires_in.)
     "no expires_in": lambda a: a.with_json(
-        {k: v for k, v in a.json().items() if k != "expires_in"}
+        {**{k: v for k, v in a.json().items() if k != "expires_in"}, "access_token": "opaque"}
     ),
     "expires_in NaN": lambda a: a.with_json({**a.json(), "expires_in": float("nan")}),
 }

@@ -306,3 +306,13 @@ def test_without_opentelemetry_nothing_is_imported(mode: str) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "loaded: []" in done.stdout
+
+
+async def test_only_a_manager_with_telemetry_counts_on_the_hot_path(otel: Telemetry) -> None:
+    """Without telemetry the hot path is the plain one: nothing is counted per call."""
+    async with TokenManager(telemetry=False) as quiet, TokenManager() as counting:
+        assert type(quiet) is TokenManager
+        assert type(counting) is not TokenManager
+        assert isinstance(counting, TokenManager)
+        assert repr(counting).startswith("TokenManager(")
+        assert type(counting).get_token is not TokenManager.get_token
