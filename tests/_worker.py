@@ -38,20 +38,24 @@ MARGINS = Margins(refresh=300, expiry=0.2, refresh_ratio=0.4, expiry_ratio=0.1, 
 
 
 def open_store(spec: str) -> TokenStore:
-    """``redis://…|prefix[|lock_ttl]``, ``sqlite:PATH`` or a FileStore path; sealed with the
-    keys of ``ASYNCTOKEN_KEYS`` when it is set."""
+    """``redis://…|prefix[|lock_ttl]`` (``cluster:redis://…`` for a Redis Cluster),
+    ``sqlite:PATH`` or a FileStore path; sealed with the keys of ``ASYNCTOKEN_KEYS`` when set."""
     cipher = None
     if os.environ.get("ASYNCTOKEN_KEYS"):
         from asynctoken.crypto import AESGCMCipher
 
         cipher = AESGCMCipher.from_env()
-    if spec.startswith("redis://"):
+    if spec.startswith(("redis://", "cluster:")):
         from asynctoken import RedisStore
 
-        url, _, rest = spec.partition("|")
+        url, _, rest = spec.removeprefix("cluster:").partition("|")
         prefix, _, ttl = rest.partition("|")
         return RedisStore(
-            url, prefix=prefix or "asynctoken:", lock_ttl=float(ttl or 60), cipher=cipher
+            url,
+            prefix=prefix or "asynctoken:",
+            lock_ttl=float(ttl or 60),
+            cipher=cipher,
+            cluster=spec.startswith("cluster:"),
         )
     if spec.startswith("sqlite:"):
         return SQLiteStore(spec.removeprefix("sqlite:"), cipher=cipher)

@@ -18,7 +18,7 @@ from asynctoken.crypto import AESGCMCipher
 from asynctoken.stores import RedisStore
 from asynctoken.stores._records import Cipher
 
-PERSISTING = ("file", "sqlite", "redis")
+PERSISTING = ("file", "sqlite", "redis", "cluster")
 
 
 def cipher(*names: str, primary: str | None = None) -> AESGCMCipher:
@@ -150,6 +150,40 @@ class RedisBackend:
             await client.set(f"{self.prefix}cred:{key}", raw)
 
 
+class ClusterBackend:
+    """RedisStore on a real three-primary Redis Cluster."""
+
+    name = "cluster"
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+
+    def open(self, cipher: Cipher | None = None) -> TokenStore:
+        return RedisStore(self.url, prefix=self.prefix, cluster=True, cipher=cipher)
+
+    def spec(self, lock_ttl: float | None = None) -> str:
+        return f"cluster:{self.url}|{self.prefix}" + ("" if lock_ttl is None else f"|{lock_ttl}")
+
+    def cli_args(self) -> list[str]:
+        return ["--store", self.url, "--prefix", self.prefix, "--cluster"]
+
+    async def raw_bytes(self) -> bytes:
+        async with redis.asyncio.RedisCluster.from_url(self.url) as client:
+            names = [name async for name in client.scan_iter(match=self.prefix + "*")]
+            values = [await client.get(name) or b"" for name in names]
+        return b"".join(values)
+
+    async def read_raw(self, key: str) -> bytes | None:
+        async with redis.asyncio.RedisCluster.from_url(self.url) as client:
+            raw: bytes | None = await client.get(f"{self.prefix}cred:{{{key}}}")
+            return raw
+
+    async def write_raw(self, key: str, raw: bytes) -> None:
+        async with redis.asyncio.RedisCluster.from_url(self.url) as client:
+            await client.set(f"{self.prefix}cred:{{{key}}}", raw)
+
+
 def open_backend(name: str, request: pytest.FixtureRequest) -> Backend:
     """The persisting store ``name`` (see PERSISTING), in a place of its own for this test."""
     if name == "file":
@@ -160,4 +194,7 @@ def open_backend(name: str, request: pytest.FixtureRequest) -> Backend:
         return RedisBackend(
             request.getfixturevalue("redis_url"), request.getfixturevalue("redis_prefix")
         )
+    if name == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        return ClusterBackend(cluster.url, request.getfixturevalue("cluster_prefix"))
     raise ValueError(name)

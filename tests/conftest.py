@@ -13,7 +13,7 @@ import redis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from backends import PERSISTING, Backend, open_backend
-from redis_server import RedisServer
+from redis_server import RedisClusterServers, RedisServer
 
 from asynctoken.testing import FakeOAuthServer
 
@@ -78,6 +78,29 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
         names = list(client.scan_iter(match=prefix + "*", count=1000))
         for start in range(0, len(names), 1000):
             client.delete(*names[start : start + 1000])
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A real three-primary Redis Cluster on loopback, for the whole session (never skipped)."""
+    cluster = RedisClusterServers()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_prefix(redis_cluster: RedisClusterServers) -> Iterator[str]:
+    """A key prefix no other test uses on the cluster; its keys are deleted afterwards."""
+    from redis.cluster import RedisCluster
+
+    prefix = f"test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    with RedisCluster.from_url(redis_cluster.url) as client:
+        for name in list(client.scan_iter(match=prefix + "*", count=1000)):
+            client.delete(name)
 
 
 @pytest.fixture(params=PERSISTING)

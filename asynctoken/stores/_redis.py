@@ -9,13 +9,20 @@ import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 try:
-    from redis.asyncio import ConnectionPool, Redis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
+    from redis.asyncio import Redis, RedisCluster
     from redis.exceptions import RedisError, ResponseError
+
+    from ._redis_client import (
+        Client,
+        KeyNames,
+        connect,
+        describe,
+        password_of,
+        redact_url,
+        reopen,
+    )
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
         "RedisStore needs the redis package: pip install 'asynctoken[redis]'"
@@ -24,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 from .._errors import ConfigurationError, StoreError, StoreLockTimeoutError
 from .._token import Token
 from ._records import Cipher, RecordCodec, Resealed, is_sealed
+from ._redis_scripts import RENEW_LUA, REPLACE_LUA, SWAP_ATTEMPTS, SWAP_LUA, UNLOCK_LUA
 
 __all__ = ["RedisStore", "redact_url"]
 
@@ -31,78 +39,6 @@ _log = logging.getLogger("asynctoken.stores")
 
 #: Version of the JSON record stored under each credential key (field ``"v"``).
 RECORD_VERSION = 1
-
-# Compare-and-swap on the refresh token inside the stored JSON record, atomic in the server.
-# KEYS[1]: credential key. ARGV[1]: new record. ARGV[2]: "1" if a refresh token is expected, "0" if
-# the stored one must be null/absent. ARGV[3]: the expected refresh token.
-# Returns 1 if stored (or already equal to the new record, so a retried call is harmless), 0 if
-# the record is missing or holds another refresh token, -1 if it is sealed (the caller reads it
-# to raise the right error). cjson decodes JSON null as cjson.null, a
-# sentinel distinct from nil, so both spellings of "no refresh token" are checked.
-_REPLACE_LUA = """
-local current = redis.call('GET', KEYS[1])
-if not current then return 0 end
-if current == ARGV[1] then return 1 end
-local ok, record = pcall(cjson.decode, current)
-if not ok or type(record) ~= 'table' then
-  return redis.error_reply('ASYNCTOKEN_BAD_RECORD the stored record is not a JSON object')
-end
-if record['sealed'] ~= nil then return -1 end
-local stored = record['refresh_token']
-if ARGV[2] == '1' then
-  if type(stored) ~= 'string' or stored ~= ARGV[3] then return 0 end
-elseif stored ~= nil and stored ~= cjson.null then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1])
-return 1
-"""
-
-# Compare-and-swap on the whole stored value, for sealed records whose refresh token the server
-# cannot see. KEYS[1]: credential key. ARGV[1]: the value read before. ARGV[2]: the new value.
-_SWAP_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# How often a compare-and-swap on a sealed record is retried when the value changed between the
-# read and the swap (another writer of an unrelated field); each retry re-checks everything.
-_SWAP_ATTEMPTS = 10
-
-# Extend a lock's lease only if it still carries our random token.
-_RENEW_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-# Release a lock only if it still carries our random token (it may have expired and been taken).
-_UNLOCK_LUA = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (userinfo and ``?password=``)."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            netloc = f"{userinfo}@{host}"
-        query = parts.query
-        if query:
-            pairs = parse_qsl(query, keep_blank_values=True)
-            query = urlencode([(k, "***" if k.lower() == "password" else v) for k, v in pairs])
-            query = query.replace("%2A%2A%2A", "***")
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<unparsable Redis URL>"
 
 
 class RedisStore:
@@ -113,6 +49,14 @@ class RedisStore:
     * ``{prefix}cred:{key}``: a JSON string, the fields of :meth:`Token.to_dict` plus ``"v": 1``,
       or with a ``cipher`` a sealed record (see :mod:`asynctoken.stores._records`).
     * ``{prefix}lock:{key}``: the refresh lock, a random token set with ``SET NX PX lock_ttl``.
+
+    **Redis Cluster**: pass a :class:`redis.asyncio.RedisCluster` client, or a URL of any node
+    with ``cluster=True`` (redis-py has no URL scheme of its own for clusters: its
+    ``RedisCluster.from_url`` takes ``redis://`` and ``rediss://`` URLs, and so does this). Key
+    names then carry the credential key as a hash tag, ``{prefix}cred:{{key}}`` and
+    ``{prefix}lock:{{key}}``, so both keys of a credential live in one slot and every script
+    touches one key; :meth:`keys` scans every primary in turn. The prefix must not contain
+    braces.
 
     Every per-key call is one round trip: :meth:`get` is ``GET``, :meth:`put` ``SET``,
     :meth:`put_if_absent` ``SET NX``, :meth:`replace` one Lua script (compare-and-swap on the
@@ -139,6 +83,8 @@ class RedisStore:
             :class:`redis.asyncio.Redis` client. A client passed in is not closed by
             :meth:`aclose`; its own timeout and retry settings apply.
         cipher: seals records at rest; ``None`` keeps them in plain JSON.
+        cluster: ``url_or_client`` is a URL of a node of a Redis Cluster (implied by a
+            ``RedisCluster`` client).
         prefix: prepended to every key; stores with different prefixes share nothing. Prefixes
             must not nest (``"a:"`` and ``"a:cred:"`` would see each other's keys).
         lock_ttl: seconds after which an unreleased refresh lock expires.
@@ -160,6 +106,7 @@ class RedisStore:
         "_gate",
         "_location",
         "_lock_ttl",
+        "_names",
         "_owns_client",
         "_pending",
         "_poll_interval",
@@ -174,9 +121,10 @@ class RedisStore:
 
     def __init__(
         self,
-        url_or_client: str | Redis,
+        url_or_client: str | Redis | RedisCluster,
         *,
         cipher: Cipher | None = None,
+        cluster: bool = False,
         prefix: str = "asynctoken:",
         lock_ttl: float = 60.0,
         poll_interval: float = 0.05,
@@ -193,22 +141,20 @@ class RedisStore:
             raise ConfigurationError(f"scan_count must be positive, not {scan_count!r}")
         if max_connections < 1:
             raise ConfigurationError(f"max_connections must be positive, not {max_connections!r}")
+        cluster = cluster or isinstance(url_or_client, RedisCluster)
+        self._names = KeyNames(prefix, cluster=cluster)
         if isinstance(url_or_client, str):
-            self._location = redact_url(url_or_client)
+            self._location = redact_url(url_or_client) + (" (cluster)" if cluster else "")
             try:
-                pool = ConnectionPool.from_url(
+                self._client: Client = connect(
                     url_or_client,
+                    cluster=cluster,
                     max_connections=max_connections,
                     socket_timeout=socket_timeout,
-                    socket_connect_timeout=connect_timeout,
-                    # No automatic retries: a timed-out SET NX that did happen, then retried,
-                    # would report a held lock as busy. Failures surface as StoreError instead.
-                    retry=Retry(NoBackoff(), 0),
+                    connect_timeout=connect_timeout,
                 )
-            except ValueError as exc:
+            except (ValueError, RedisError) as exc:
                 raise ConfigurationError(f"invalid Redis URL {self._location}: {exc}") from None
-            self._client = Redis(connection_pool=pool)
-            self._client.auto_close_connection_pool = True  # closing the client closes the pool
             # Callers beyond the pool's size wait here, rather than fail with "Too many
             # connections" (redis-py's own BlockingConnectionPool deadlocks on connection errors
             # in the 5.0 releases).
@@ -218,19 +164,17 @@ class RedisStore:
             self._client = url_or_client
             self._owns_client = False
             self._gate = None  # the client's own pool settings apply
-            self._location = _describe(url_or_client)
-        kwargs = self._client.connection_pool.connection_kwargs
-        password = kwargs.get("password")
-        self._secret = password if isinstance(password, str) and password else None
+            self._location = describe(url_or_client)
+        self._secret = password_of(self._client)
         self._prefix = prefix
         self._lock_ttl = float(lock_ttl)
         self._poll_interval = float(poll_interval)
         self._scan_count = scan_count
         self._codec = RecordCodec(cipher, self._location, header={"v": RECORD_VERSION})
-        self._replace_script = self._client.register_script(_REPLACE_LUA)
-        self._swap_script = self._client.register_script(_SWAP_LUA)
-        self._unlock_script = self._client.register_script(_UNLOCK_LUA)
-        self._renew_script = self._client.register_script(_RENEW_LUA)
+        self._replace_script = self._client.register_script(REPLACE_LUA)
+        self._swap_script = self._client.register_script(SWAP_LUA)
+        self._unlock_script = self._client.register_script(UNLOCK_LUA)
+        self._renew_script = self._client.register_script(RENEW_LUA)
         # Lock releases that outlive a cancelled caller; awaited by aclose().
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -247,7 +191,7 @@ class RedisStore:
     async def get(self, key: str) -> Token | None:
         """See :meth:`TokenStore.get`. One ``GET``."""
         # The cold-tenant path: no context-manager generators here, only try/except.
-        name = self._prefix + "cred:" + key
+        name = self._names.cred(key)
         try:
             if self._gate is None:
                 raw = await self._client.get(name)
@@ -267,10 +211,14 @@ class RedisStore:
             await self._client.set(self._cred(key), data)
 
     async def put_if_absent(self, key: str, token: Token) -> bool:
-        """See :meth:`TokenStore.put_if_absent`. One ``SET NX``."""
+        """See :meth:`TokenStore.put_if_absent`. One ``SET NX`` (and a ``GET`` if a record
+        exists: a retried ``SET NX`` whose first attempt stored this very record reports it
+        stored)."""
         data = self._encode(key, token)
         async with self._guard("SET NX", key):
-            return bool(await self._client.set(self._cred(key), data, nx=True))
+            if await self._client.set(self._cred(key), data, nx=True):
+                return True
+            return await self._client.get(self._cred(key)) in (data, data.decode())
 
     async def replace(self, key: str, token: Token, *, expected_refresh_token: str | None) -> bool:
         """See :meth:`TokenStore.replace`. One Lua script, atomic in the server; with a cipher,
@@ -319,7 +267,7 @@ class RedisStore:
 
     async def _reseal_one(self, key: str) -> bool:
         name = self._cred(key)
-        for _ in range(_SWAP_ATTEMPTS):
+        for _ in range(SWAP_ATTEMPTS):
             async with self._guard("GET", key):
                 raw = await self._client.get(name)
             if raw is None:
@@ -341,7 +289,7 @@ class RedisStore:
         """:meth:`replace` of a record the server cannot read: read and compare here, then swap
         if the stored value is unchanged; read again if it changed meanwhile."""
         name = self._cred(key)
-        for _ in range(_SWAP_ATTEMPTS):
+        for _ in range(SWAP_ATTEMPTS):
             async with self._guard("GET", key):
                 raw = await self._client.get(name)
             if raw is None:
@@ -371,8 +319,11 @@ class RedisStore:
         Redis's ``SCAN`` guarantees, a key present for the whole iteration is yielded at least once
         (rarely twice, if the server resizes its table meanwhile).
         """
-        head = self._cred("")
-        pattern = _glob_escape(head) + "*"
+        pattern = self._names.pattern()
+        if isinstance(self._client, RedisCluster):
+            async for key in self._cluster_keys(self._client, pattern):
+                yield key
+            return
         cursor: int = 0
         while True:
             async with self._guard("SCAN", None):
@@ -380,10 +331,26 @@ class RedisStore:
                     cursor=cursor, match=pattern, count=self._scan_count
                 )
             for name in batch:
-                text = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
-                yield text[len(head) :]
+                yield self._names.key_of(name)
             if not cursor:
                 return
+
+    async def _cluster_keys(self, client: RedisCluster, pattern: str) -> AsyncIterator[str]:
+        """``SCAN`` every primary of the cluster in turn, each to the end of its cursor."""
+        async with self._guard("cluster discovery", None):
+            await client.initialize()  # a new client knows no primaries before its first command
+        for node in client.get_primaries():
+            cursor: int = 0
+            while True:
+                async with self._guard("SCAN", None):
+                    cursors, batch = await client.scan(
+                        cursor=cursor, match=pattern, count=self._scan_count, target_nodes=node
+                    )
+                for name in batch:
+                    yield self._names.key_of(name)
+                cursor = int(cursors[node.name])  # type: ignore[index]  # a dict per node
+                if not cursor:
+                    break
 
     @asynccontextmanager
     async def lock(self, key: str, *, timeout: float) -> AsyncIterator[None]:
@@ -396,7 +363,7 @@ class RedisStore:
             StoreLockTimeoutError: not acquired within ``timeout`` seconds.
             StoreError: Redis failed while acquiring.
         """
-        name = self._prefix + "lock:" + key
+        name = self._names.lock(key)
         token = secrets.token_hex(16)
         ttl_ms = max(1, int(self._lock_ttl * 1000))
         loop = asyncio.get_running_loop()
@@ -466,14 +433,7 @@ class RedisStore:
         sockets (their replies would interleave) bound to an event loop that does not run in
         the child. The new store owns its client, even if this one was given a client.
         """
-        pool = self._client.connection_pool
-        fresh = type(pool)(
-            connection_class=pool.connection_class,
-            max_connections=pool.max_connections,
-            **pool.connection_kwargs,
-        )
-        client = Redis(connection_pool=fresh)
-        client.auto_close_connection_pool = True
+        client, pool_size = reopen(self._client)
         store = RedisStore(
             client,
             cipher=self._codec.cipher,
@@ -486,13 +446,13 @@ class RedisStore:
         store._location = self._location
         store._codec = self._codec  # the same cipher and the same password-free location
         if self._gate is not None:
-            store._gate = asyncio.Semaphore(pool.max_connections)
+            store._gate = asyncio.Semaphore(pool_size)
         return store
 
     # -- helpers ---------------------------------------------------------------------------------
 
     def _cred(self, key: str) -> str:
-        return self._prefix + "cred:" + key
+        return self._names.cred(key)
 
     def _encode(self, key: str, token: Token) -> bytes:
         return self._codec.dumps(key, token).encode("ascii")
@@ -526,7 +486,13 @@ class RedisStore:
     async def _try_lock(self, name: str, token: str, ttl_ms: int, key: str) -> bool:
         try:
             async with self._guard("lock", key):
-                return bool(await self._client.set(name, token, nx=True, px=ttl_ms))
+                if await self._client.set(name, token, nx=True, px=ttl_ms):
+                    return True
+                # A client that retries (a RedisCluster, or one passed in) may have sent this
+                # SET NX twice: the first one took the lock, the retry found it taken. The lock
+                # is ours if it holds our random token.
+                holder = await self._client.get(name)
+                return holder in (token, token.encode())
         except BaseException:
             # The SET may have reached the server before the failure or cancellation: undo it.
             self._spawn_unlock(name, token, key, quiet=True)
@@ -580,6 +546,13 @@ class RedisStore:
             yield
         except (RedisError, OSError) as exc:
             raise self._error(operation, key, exc) from _cause(exc)
+        except AttributeError as exc:
+            if not self._names.cluster:
+                raise
+            # redis-py's asyncio cluster client can hand out a connection that another task is
+            # disconnecting after a connection error (its writer is gone): a failed command,
+            # like any connection error, not a crash.
+            raise self._error(operation, key, ConnectionError(str(exc))) from exc
 
     def _error(self, operation: str, key: str | None, exc: BaseException) -> StoreError:
         """The StoreError for a redis-py or socket failure, without the password."""
@@ -612,23 +585,3 @@ def _decide(current: Token, token: Token, expected: str | None) -> bool | None:
 def _cause(exc: BaseException) -> BaseException | None:
     """What a StoreError is chained to: a refusal's text is already in the message."""
     return None if isinstance(exc, ResponseError) else exc
-
-
-def _describe(client: Redis) -> str:
-    """A password-free URL for a client that was created elsewhere."""
-    pool = client.connection_pool
-    kwargs = pool.connection_kwargs
-    db = kwargs.get("db", 0)
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}?db={db}"
-    connection_class = getattr(pool, "connection_class", None)
-    scheme = "rediss" if "SSL" in getattr(connection_class, "__name__", "") else "redis"
-    user = kwargs.get("username") or ""
-    auth = f"{user}:***@" if kwargs.get("password") else (f"{user}@" if user else "")
-    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
-    return f"{scheme}://{auth}{host}:{port}/{db}"
-
-
-def _glob_escape(text: str) -> str:
-    """Escape the glob characters of ``MATCH`` patterns."""
-    return "".join("\\" + char if char in "*?[]\\^" else char for char in text)
