@@ -129,7 +129,6 @@ class TokenManager:
         "_failures",
         "_forked_from",
         "_fresh",
-        "_hits",
         "_hot",
         "_inflight",
         "_keep_alive",
@@ -197,7 +196,6 @@ class TokenManager:
         self._lock_timeout = lock_timeout
         self._close_timeout = close_timeout
         self._clock: Clock = clock or SystemClock()
-        self._monotonic = self._clock.monotonic
         self._wall = self._clock.time
         self._observer = Observer(
             on_event=on_event,
@@ -206,13 +204,8 @@ class TokenManager:
             telemetry_keys=telemetry_keys,
             lock_wait_threshold=lock_wait_threshold,
         )
-        self._hits = 0  # fresh tokens served, counted only for telemetry (see _counting)
-        if self._observer.otel is not None:
-            self._observer.count_lookups(lambda: self._hits)
-            if type(self) is TokenManager:
-                from ._counting import CountingTokenManager
-
-                self.__class__ = CountingTokenManager
+        # With telemetry, a clock that counts the hot path's reads (asynctoken.cache.lookups).
+        self._monotonic = self._observer.hot_clock(self._clock.monotonic)
         store = self._observer.store(self._store)  # store errors and lock waits seen
         self._hot: dict[str, Entry] = {}
         self._fresh: dict[str, tuple[float, Token]] = {}
@@ -228,11 +221,11 @@ class TokenManager:
             cooldown=error_cooldown,
             background_retry=background_retry_interval,
             max_retry_after=self._retry.max_retry_after,
-            monotonic=self._monotonic,
+            monotonic=self._clock.monotonic,
             observer=self._observer,
             timers=self._drop_timers,
         )
-        self._rejected = Rejections(cache_size, invalidate_interval, self._monotonic)
+        self._rejected = Rejections(cache_size, invalidate_interval, self._clock.monotonic)
         self._saver = RotationSaver(store)
         self._refresher = Refresher(
             store,
@@ -398,8 +391,10 @@ class TokenManager:
         facade to serve fresh tokens without a round trip through the loop thread.
         """
         hit = self._fresh.get(key)
-        if hit is not None and self._monotonic() < hit[0]:
-            return hit[1]
+        if hit is not None:
+            if self._monotonic() < hit[0]:
+                return hit[1]
+            self._observer.unfresh += 1
         return None
 
     async def refresh(self, key: str) -> Token:
@@ -580,9 +575,11 @@ class TokenManager:
     async def _get_slow(self, key: str) -> Token:
         self._check_open()
         entry = self._hot.get(key)
-        now = self._monotonic()
+        if key in self._fresh:  # the hot path read its clock for nothing
+            self._observer.unfresh += 1
+        now = self._clock.monotonic()
         if entry is not None and now < entry.stale_at:
-            self._hits += 1
+            self._observer.fresh += 1
             return entry.token  # turned fresh between the hot path's clock read and this one
         if entry is not None and now < entry.expired_at:
             # Stale: serve it, refresh in the background once.

@@ -11,24 +11,17 @@ is, and every call here returns at once.
 
 from __future__ import annotations
 
-import asyncio
-import copy
-import time
+import functools
 from collections.abc import Callable
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._dispatch import Dispatcher
 from ._errors import (
-    InvalidClientError,
     InvalidGrantError,
-    MalformedResponseError,
     StoreError,
-    TokenEndpointError,
     TokenError,
-    TransientError,
 )
-from ._token import Token
+from ._watches import RefreshWatch, RequestWatch, primary_grant, scrub
 from .events import (
     CooldownEnded,
     CooldownStarted,
@@ -37,9 +30,6 @@ from .events import (
     FallbackGrantUsed,
     LockWaitedLong,
     ReauthorizationRequired,
-    RefreshFailed,
-    RefreshStarted,
-    RefreshSucceeded,
     RefreshTokenRotated,
     RetryScheduled,
     StoreFailed,
@@ -53,7 +43,7 @@ if TYPE_CHECKING:
     from ._otel import Telemetry
     from .providers._base import Provider
 
-__all__ = ["Observer", "RefreshWatch", "RequestWatch", "primary_grant", "scrub"]
+__all__ = ["Observer", "RefreshWatch", "RequestWatch", "scrub"]
 
 _UNSET: Any = object()
 _telemetry: Telemetry | None = _UNSET
@@ -74,51 +64,6 @@ def _load_telemetry() -> Telemetry | None:
     return _telemetry
 
 
-def scrub(error: BaseException) -> TokenError:
-    """A copy of ``error`` fit for a subscriber: no traceback, cause or secret attribute."""
-    if not isinstance(error, TokenError):
-        return TokenError(f"unexpected {type(error).__name__}")
-    clone = copy.copy(error)
-    clone.__traceback__ = None
-    clone.__cause__ = clone.__context__ = None
-    if isinstance(clone, MalformedResponseError):
-        clone.refresh_token = None
-    return clone
-
-
-def outcome_of(error: BaseException | None) -> str:
-    """A bounded label for the result of a token request."""
-    if error is None:
-        return "success"
-    for kind, label in _OUTCOMES:
-        if isinstance(error, kind):
-            return label
-    return "error"
-
-
-_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
-    (InvalidGrantError, "invalid_grant"),
-    (InvalidClientError, "invalid_client"),
-    (TokenEndpointError, "endpoint_error"),
-    (TransientError, "transient"),
-    (MalformedResponseError, "malformed"),
-    (asyncio.CancelledError, "cancelled"),
-)
-
-
-def primary_grant(provider: Provider) -> str:
-    """The grant ``provider`` uses without a refresh token (``"password"``, …)."""
-    build = getattr(provider, "build_request", None)
-    if build is not None:
-        try:
-            grant = getattr(build(None), "grant_type", None)
-        except Exception:
-            grant = None
-        if isinstance(grant, str):
-            return grant
-    return "primary"
-
-
 class Observer:
     """Events and telemetry of one manager.
 
@@ -134,14 +79,16 @@ class Observer:
 
     __slots__ = (
         "__weakref__",
-        "_fresh",
+        "_clock_calls",
         "_keys",
         "_lock_threshold",
         "clock",
         "dispatch",
+        "fresh",
         "misses",
         "otel",
         "stale",
+        "unfresh",
     )
 
     def __init__(
@@ -160,22 +107,31 @@ class Observer:
         self._lock_threshold = lock_wait_threshold
         self.stale = 0  # get_token calls that found a stale token
         self.misses = 0  # ... that found none it could serve
-        self._fresh: Callable[[], int] = lambda: 0
+        self.unfresh = 0  # hot-path clock reads that did not serve a token
+        self.fresh = 0  # fresh tokens served by the slow path (turned fresh meanwhile)
+        self._clock_calls: Callable[[], Any] | None = None
 
     @property
     def active(self) -> bool:
         """Whether anyone listens (a subscriber, or OpenTelemetry)."""
         return self.dispatch is not None or self.otel is not None
 
-    def count_lookups(self, fresh: Callable[[], int]) -> None:
-        """Report the manager's cache lookups; ``fresh()`` returns its fresh hits so far."""
-        self._fresh = fresh
-        if self.otel is not None:
-            self.otel.watch_lookups(self)
+    def hot_clock(self, monotonic: Callable[[], float]) -> Callable[[], float]:
+        """The clock for the manager's hot path: with telemetry, one that counts its calls in
+        C (``functools.lru_cache`` without a cache counts each call as a miss), so that fresh
+        hits are counted with no Python work per call; else ``monotonic`` itself."""
+        if self.otel is None:
+            return monotonic
+        counting = functools.lru_cache(maxsize=0)(monotonic)
+        self._clock_calls = counting.cache_info
+        self.otel.watch_lookups(self)
+        return counting
 
     def lookups(self) -> tuple[int, int, int]:
-        """Cache lookups so far: ``(fresh, stale, miss)``."""
-        return self._fresh(), self.stale, self.misses
+        """Cache lookups so far: ``(fresh, stale, miss)``. Fresh ones are the hot path's clock
+        reads, less those that served nothing, plus the slow path's fresh ones."""
+        calls = self._clock_calls().misses if self._clock_calls is not None else 0
+        return calls - self.unfresh + self.fresh, self.stale, self.misses
 
     def store(self, store: TokenStore) -> TokenStore:
         """``store``, wrapped so that its failures and lock waits are seen, if anyone listens."""
@@ -272,155 +228,3 @@ class Observer:
     def lock_waited(self, key: str, seconds: float, acquired: bool) -> None:
         if seconds > self._lock_threshold:
             self.emit(LockWaitedLong, key, seconds=seconds, acquired=acquired)
-
-
-class RefreshWatch:
-    """One refresh, from :class:`~asynctoken.events.RefreshStarted` to its end, in a span.
-
-    A ``with`` block around the refresh task's work: the span is current inside it, so lock
-    waits and token requests are its children.
-    """
-
-    __slots__ = ("_background", "_ended", "_key", "_observer", "_span", "_started", "_trigger")
-
-    def __init__(
-        self, observer: Observer | None, key: str, trigger: Trigger, background: bool
-    ) -> None:
-        self._observer = observer
-        self._key = key
-        self._trigger = trigger
-        self._background = background
-        self._ended = observer is None
-        self._span: Any = None
-        self._started = 0.0
-
-    def __enter__(self) -> RefreshWatch:
-        observer = self._observer
-        if observer is not None:
-            self._started = time.perf_counter()
-            observer.emit(RefreshStarted, self._key, trigger=self._trigger)
-            if observer.otel is not None:
-                attributes = observer.attributes(self._key, **{"asynctoken.trigger": self._trigger})
-                self._span = observer.otel.start_span("asynctoken refresh", attributes)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self._ended:  # cancelled
-            self._end(None, None, exc or TokenError("the refresh ended without a result"))
-
-    def succeeded(self, token: Token, provider: str, *, requested: bool) -> None:
-        """It ended with ``token``: obtained from the endpoint (``requested``) or picked up."""
-        self._end(provider, token, None, requested=requested)
-
-    def failed(self, error: BaseException, provider: str | None) -> None:
-        """It ended with ``error``."""
-        self._end(provider, None, error)
-
-    def _end(
-        self,
-        provider: str | None,
-        token: Token | None,
-        error: BaseException | None,
-        *,
-        requested: bool = False,
-    ) -> None:
-        observer = self._observer
-        if self._ended or observer is None:
-            return
-        self._ended = True
-        duration = time.perf_counter() - self._started
-        if token is not None and provider is not None:
-            observer.emit(
-                RefreshSucceeded,
-                self._key,
-                provider=provider,
-                requested=requested,
-                expires_at=token.expires_at,
-                duration=duration,
-            )
-        elif observer.dispatch is not None:
-            observer.emit(
-                RefreshFailed,
-                self._key,
-                provider=provider,
-                error=scrub(error or TokenError("unknown failure")),
-                background=self._background,
-                duration=duration,
-            )
-        if observer.otel is not None:
-            outcome = "failed" if error is not None else "refreshed" if requested else "picked_up"
-            attributes = observer.attributes(
-                self._key,
-                **{
-                    "asynctoken.trigger": self._trigger,
-                    "asynctoken.outcome": outcome,
-                    "asynctoken.provider": provider or "unknown",
-                },
-            )
-            observer.otel.refreshes.add(1, attributes)
-            span, attached = self._span
-            error_type = None if error is None else type(error).__name__
-            observer.otel.end(span, attached, error_type, attributes)
-
-
-class RequestWatch:
-    """One token request: a client span around it, its count and its duration."""
-
-    __slots__ = ("_attributes", "_observer", "_provider", "_span", "_started")
-
-    def __init__(
-        self, observer: Observer, key: str, provider: Provider, refresh: bool, attempt: int
-    ) -> None:
-        self._observer = observer if observer.otel is not None else None
-        self._provider = provider
-        self._span: Any = None
-        self._started = 0.0
-        self._attributes: dict[str, Any] = {}
-        if self._observer is not None:
-            grant = "refresh_token" if refresh else primary_grant(provider)
-            labels: dict[str, str | int] = {
-                "asynctoken.provider": provider.name,
-                "asynctoken.grant_type": grant,
-                "asynctoken.attempt": attempt,
-            }
-            self._attributes = self._observer.attributes(key, **labels)
-
-    def __enter__(self) -> RequestWatch:
-        observer = self._observer
-        if observer is not None and observer.otel is not None:
-            from ._otel import http_attributes
-
-            attributes = {**self._attributes, **http_attributes(self._provider.token_url)}
-            self._span = observer.otel.start_span(
-                "asynctoken token request", attributes, client=True
-            )
-            self._started = time.perf_counter()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        observer = self._observer
-        if observer is None or observer.otel is None:
-            return
-        otel = observer.otel
-        duration = time.perf_counter() - self._started
-        attributes = dict(self._attributes)
-        del attributes["asynctoken.attempt"]  # per span only: metrics stay bounded
-        attributes["asynctoken.outcome"] = outcome_of(exc)
-        otel.requests.add(1, attributes)
-        otel.request_duration.record(duration, attributes)
-        span_attributes: dict[str, Any] = {"asynctoken.outcome": attributes["asynctoken.outcome"]}
-        status = getattr(exc, "status", None)
-        if isinstance(status, int):
-            span_attributes["http.response.status_code"] = status
-        span, attached = self._span
-        otel.end(span, attached, None if exc is None else type(exc).__name__, span_attributes)

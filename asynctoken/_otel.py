@@ -5,9 +5,9 @@ Everything goes through ``opentelemetry.metrics.get_meter("asynctoken", version)
 decides where data goes; an application without an SDK pays the API's no-op calls, on refreshes
 only. The instruments are created once per process and shared by every manager.
 
-Cache lookups are not recorded per call: each manager counts them in plain integers (the hot
-path adds one integer increment), and the observable counter ``asynctoken.cache.lookups`` reads
-those counts when a metric reader collects.
+Cache lookups are not recorded per call: the clock the manager's hot path reads counts its
+calls in C, the slow path counts the rest in plain integers, and the observable counter
+``asynctoken.cache.lookups`` derives fresh, stale and miss counts when a metric reader collects.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class CacheOutlet:
             return None
         if manager._rejected.rejected(self._key, stored.access_token):
             return None
-        now = manager._monotonic()
+        now = manager._clock.monotonic()
         entry = self._entry(stored, now, manager._wall())
         if now >= (entry.stale_at if need_fresh else entry.expired_at):
             return None
@@ -91,5 +91,5 @@ class CacheOutlet:
         manager, key = self._manager, self._key
         manager._cache[key] = entry
         if manager._drop_timers and manager._hot.get(key) is entry:
-            delay = max(0.0, entry.expired_at - manager._monotonic())
+            delay = max(0.0, entry.expired_at - manager._clock.monotonic())
             entry.timer = asyncio.get_running_loop().call_later(delay, manager._drop, key, entry)
