@@ -10,8 +10,9 @@ lifetimes: each call gets a token and calls the protected API with it.
 * Authlib: each worker an ``AsyncOAuth2Client`` loaded from a shared JSON token file, with an
   ``update_token`` callback that writes the new token to that file.
 
-Token requests are grouped into refresh cycles (a gap of more than half a lifetime starts a new
-cycle); target: one request per cycle, and no failed call.
+Token requests are grouped into refresh cycles (a gap of more than half the token's fresh period,
+as the workers' default ``Margins`` give it, starts a new cycle: a 2 s token is fresh for 0.6 s and
+refreshed about once a second); target: one request per cycle, and no failed call.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tempfile
 import uuid
 from typing import Any
 
+from asynctoken import Margins
 from asynctoken.testing import FakeOAuthServer
 
 from . import _peers
@@ -34,11 +36,18 @@ STARTUP = 3.0
 
 
 def cycles(times: list[float], lifetime: float) -> list[int]:
-    """Requests per refresh cycle; a gap over ``lifetime / 2`` since a cycle began ends it."""
+    """Requests per refresh cycle; a gap over half the fresh period since a cycle began ends it.
+
+    The workers use the default :class:`~asynctoken.Margins`: a token is refreshed once it turns
+    stale, ``lifetime - stale`` after it was issued (not once a lifetime: short tokens are
+    refreshed well before they expire).
+    """
+    stale, _ = Margins().offsets(lifetime)
+    gap = (lifetime - stale) / 2
     counts: list[int] = []
     start: float | None = None
     for moment in sorted(times):
-        if start is None or moment - start > lifetime / 2:
+        if start is None or moment - start > gap:
             counts.append(0)
             start = moment
         counts[-1] += 1
