@@ -12,7 +12,15 @@ says otherwise (the comment is invisible on the site and on GitHub):
 * ``<!-- run: standalone-server FLAVOR -->``: run with ``python -m asynctoken.testing --flavor
   FLAVOR`` started for it and ``TOKEN_URL``, ``API_URL``, ``CLIENT_ID``, ``CLIENT_SECRET``,
   ``REFRESH_TOKEN`` in the environment;
-* ``<!-- run: with REDIS_URL -->``: run with ``REDIS_URL`` pointing at the test redis-server;
+* ``<!-- run: with NAME[, NAME] -->``: run with these environment variables set by the test
+  suite: ``REDIS_URL`` (the session's redis-server), ``REDIS_CLUSTER_URL`` (a node of its Redis
+  Cluster), ``ASYNCTOKEN_KEYS`` (two new encryption keys, the primary first);
+* ``<!-- run: openid-provider CLIENT -->``: run against the test suite's OpenID provider (npm
+  ``oidc-provider``) with ``TOKEN_URL``, ``API_URL`` (a protected resource that checks DPoP and
+  certificate binding), ``CLIENT_ID`` (``CLIENT``), ``CLIENT_SECRET``, ``PRIVATE_KEY_FILE``
+  (a PEM key registered for the client as ``KEY_ID``) and ``REFRESH_TOKEN`` (a new grant's);
+* ``<!-- run: subprocess -->``: run as a script in a new interpreter (for examples that
+  configure process-wide state, such as OpenTelemetry's global providers);
 * ``<!-- run: pytest -->``: a test module, run by pytest.
 
 A block whose first line is ``--8<-- "path"`` includes a file that is checked where it lives.
@@ -22,18 +30,31 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-_FENCE = re.compile(r"^```(?P<lang>[\w-]*)(?P<attrs>[^`]*)$")
+_FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)(?P<attrs>[^`]*)$")
 _MARKER = re.compile(
     r"^<!-- (?:(?P<run>run: [^>]*?)|not run: (?P<reason>[^>]*?)"
     r"|fragment: (?P<fragment>[^>]*?)) -->$"
 )
-MODES = ("run", "not run", "fragment", "standalone-server", "redis", "pytest", "included")
+MODES = (
+    "run",
+    "not run",
+    "fragment",
+    "standalone-server",
+    "openid-provider",
+    "with",
+    "subprocess",
+    "pytest",
+    "included",
+)
+#: What ``<!-- run: with NAME -->`` may ask for.
+ENVIRONMENT = ("REDIS_URL", "REDIS_CLUSTER_URL", "ASYNCTOKEN_KEYS")
 
 
 @dataclass(frozen=True)
@@ -44,7 +65,9 @@ class Block:
     line: int  # 1-based line of the first code line
     code: str
     mode: str  # one of MODES
-    argument: str = ""  # the flavor of ``standalone-server``, the reason of ``not run``
+    # the flavor of ``standalone-server``, the client of ``openid-provider``, the variables of
+    # ``with`` (comma-separated), the reason of ``not run`` and ``fragment``
+    argument: str = ""
 
     @property
     def where(self) -> str:
@@ -70,14 +93,22 @@ def _mode(marker: str | None) -> tuple[str, str]:
         return "fragment", match.group("fragment").strip()
     if match.group("reason") is not None:
         return "not run", match.group("reason").strip()
-    words = match.group("run").removeprefix("run:").split()
-    if words[:1] == ["standalone-server"] and len(words) == 2:
-        return "standalone-server", words[1]
-    if words == ["with", "REDIS_URL"]:
-        return "redis", ""
-    if words == ["pytest"]:
-        return "pytest", ""
+    words = match.group("run").removeprefix("run:").replace(",", " ").split()
+    if words[:1] in (["standalone-server"], ["openid-provider"]) and len(words) == 2:
+        return words[0], words[1]
+    if words[:1] == ["with"] and len(words) > 1 and set(words[1:]) <= set(ENVIRONMENT):
+        return "with", ",".join(words[1:])
+    if words in (["pytest"], ["subprocess"]):
+        return words[0], ""
     raise ValueError(f"unknown example marker {marker!r}")
+
+
+def _fence_end(lines: list[str], start: int) -> int:
+    """The index of the line closing the fence opened at ``lines[start]``."""
+    end = start + 1
+    while end < len(lines) and lines[end].strip() != "```":
+        end += 1
+    return end
 
 
 def blocks(path: Path) -> list[Block]:
@@ -93,13 +124,12 @@ def blocks(path: Path) -> list[Block]:
                 previous = lines[i].strip()
             i += 1
             continue
-        end = i + 1
-        while end < len(lines) and lines[end] != "```":
-            end += 1
+        end = _fence_end(lines, i)
         if end == len(lines):
             raise ValueError(f"{path}:{i + 1}: unclosed code fence")
-        if fence.group("lang") == "python":
-            code = "\n".join(lines[i + 1 : end]) + "\n"
+        if fence.group("lang") == "python":  # a block in a list item is indented: dedent it
+            indent = len(fence.group("indent"))
+            code = "\n".join(line[indent:] for line in lines[i + 1 : end]) + "\n"
             if code.startswith("--8<--"):
                 found.append(Block(path, i + 2, code, "included"))
             else:
@@ -109,6 +139,50 @@ def blocks(path: Path) -> list[Block]:
                     raise ValueError(f"{path}:{i}: {exc}") from None
                 found.append(Block(path, i + 2, code, mode, argument))
         previous = None
+        i = end + 1
+    return found
+
+
+def command_lines(path: Path) -> list[tuple[str, list[str]]]:
+    """The ``asynctoken`` command lines of the ``console`` blocks of one Markdown file.
+
+    Each is ``(where, words)`` with ``words`` starting at the program: ``asynctoken …``,
+    ``python -m asynctoken …`` or ``python -m asynctoken.testing …`` (environment assignments
+    before it and ``# comments`` after it removed, ``\\`` continuations joined). In a block
+    with ``$`` prompts only the prompted lines are commands; the rest is their output.
+    """
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found: list[tuple[str, list[str]]] = []
+    i = 0
+    while i < len(lines):
+        fence = _FENCE.match(lines[i])
+        if fence is None:
+            i += 1
+            continue
+        end = _fence_end(lines, i)
+        if fence.group("lang") == "console":
+            body = [line.strip() for line in lines[i + 1 : end]]
+            prompted = any(line.startswith("$ ") for line in body)
+            number = i + 1
+            while number < end:
+                first = number + 1  # 1-based line of the command
+                line = lines[number].strip()
+                while line.endswith("\\") and number + 1 < end:
+                    number += 1
+                    line = line[:-1] + " " + lines[number].strip()
+                number += 1
+                if prompted and not line.startswith("$ "):
+                    continue
+                command = " ".join(shlex.split(line.removeprefix("$ "), comments=True))
+                for part in command.split(" && "):
+                    words = part.split()
+                    while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+                        words = words[1:]
+                    if words[:1] == ["asynctoken"] or words[:3] in (
+                        ["python", "-m", "asynctoken"],
+                        ["python", "-m", "asynctoken.testing"],
+                    ):
+                        found.append((f"{path.relative_to(ROOT)}:{first}", words))
         i = end + 1
     return found
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import importlib
 import inspect
+import io
 import json
 import pkgutil
 import re
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from docs_examples import ROOT, Block, blocks, pages
+from docs_examples import ROOT, Block, blocks, command_lines, pages
 
 import asynctoken
 
@@ -95,6 +96,53 @@ def _run_pytest(block: Block, directory: Path) -> None:
     assert re.search(r"\b[1-9]\d* passed\b", result.stdout), result.stdout
 
 
+def _environment(block: Block, request: pytest.FixtureRequest) -> dict[str, str]:
+    """The variables a ``with`` or ``openid-provider`` block reads (tests/docs_examples.py)."""
+    environment: dict[str, str] = {}
+    if block.mode == "with":
+        for name in block.argument.split(","):
+            if name == "REDIS_URL":
+                environment[name] = request.getfixturevalue("redis_url")
+            elif name == "REDIS_CLUSTER_URL":
+                environment[name] = request.getfixturevalue("redis_cluster").url
+            elif name == "ASYNCTOKEN_KEYS":
+                from asynctoken.crypto import format_key, generate_key
+
+                keys = (format_key(key_id, generate_key()) for key_id in ("2026-12", "2026-06"))
+                environment[name] = ",".join(keys)
+            else:  # pragma: no cover - docs_examples.py refuses other names
+                raise AssertionError(f"{block.where}: no value for {name}")
+    elif block.mode == "openid-provider":
+        from oidc_server import CLIENT_SECRET
+
+        oidc = request.getfixturevalue("oidc_server")
+        environment |= {
+            "TOKEN_URL": oidc.token_url,
+            "API_URL": oidc.issuer + "/resource",
+            "CLIENT_ID": block.argument,
+            "CLIENT_SECRET": CLIENT_SECRET,
+            "PRIVATE_KEY_FILE": str(oidc.keys.directory / "ec-key.pem"),
+            "KEY_ID": "ec-1",
+            "REFRESH_TOKEN": oidc.seed(block.argument),
+        }
+    return environment
+
+
+def _run_subprocess(block: Block, directory: Path) -> None:
+    script = directory / f"example_{block.line}.py"
+    script.write_text(block.source(), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script)],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, (
+        f"{block.where}: the example failed\n{result.stdout}\n{result.stderr}"
+    )
+
+
 def _run_page(
     page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
@@ -110,14 +158,17 @@ def _run_page(
             if block.mode == "pytest":
                 _run_pytest(block, tmp_path)
                 continue
+            if block.mode == "subprocess":
+                _run_subprocess(block, tmp_path)
+                continue
             with contextlib.ExitStack() as stack:
                 if block.mode == "standalone-server":
                     for name, value in stack.enter_context(
                         _standalone_server(block.argument)
                     ).items():
                         monkeypatch.setenv(name, value)
-                if block.mode == "redis":
-                    monkeypatch.setenv("REDIS_URL", request.getfixturevalue("redis_url"))
+                for name, value in _environment(block, request).items():
+                    monkeypatch.setenv(name, value)
                 namespace: dict[str, Any] = {"__name__": "__main__"}  # each block is complete
                 try:
                     if code.co_flags & inspect.CO_COROUTINE:
@@ -155,6 +206,38 @@ def test_every_page_with_examples_is_found() -> None:
     assert "docs/tutorial.md" in names
     runnable = [b for page in _PAGES for b in blocks(page) if b.mode not in ("not run", "fragment")]
     assert len(runnable) >= 20
+
+
+# ------------------------------------------------------------------ command lines
+
+
+def _command_lines() -> list[tuple[str, list[str]]]:
+    return [found for page in pages() for found in command_lines(page)]
+
+
+def test_every_command_line_on_the_site_parses() -> None:
+    """The ``asynctoken`` commands shown in console blocks use commands and options that exist."""
+    from asynctoken.cli import build_parser
+    from asynctoken.testing.__main__ import _parser
+
+    found = _command_lines()
+    assert len(found) >= 10, found
+    for where, words in found:
+        if words[:3] == ["python", "-m", "asynctoken.testing"]:
+            parser, args = _parser(), words[3:]
+        else:
+            parser = build_parser()
+            args = words[1:] if words[0] == "asynctoken" else words[3:]
+        code: int | str | None = 0
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()) as errors,
+        ):
+            try:
+                parser.parse_args(args)
+            except SystemExit as exit:  # --help exits 0, a bad option 2
+                code = exit.code
+        assert code == 0, f"{where}: {' '.join(words)}: {errors.getvalue()}"
 
 
 # ------------------------------------------------------------------ the reference is complete
