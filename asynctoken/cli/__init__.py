@@ -58,9 +58,10 @@ secrets (never command-line arguments):
 exit codes:
   0  success
   1  token or endpoint error (rejected refresh token or client, endpoint unreachable,
-     unknown credential, or the demo's invariant broken)
+     unknown credential, a due credential not renewed, or the demo's invariant broken)
   2  usage error (bad arguments, missing secret, credential already exists)
-  3  store error (missing or corrupt store file, Redis unreachable)
+  3  store error (missing or corrupt store file, Redis unreachable, a damaged record,
+     a record rekey cannot open)
   4  output error (standard output closed or not writable, e.g. a full disk)
   5  unexpected internal error (a bug; -v prints the traceback)
 
@@ -179,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         help="list the credentials in a store",
         description="List the credentials in a store: provider, access token expiry, refresh "
-        "token presence. Tokens are shown masked.",
+        "token presence, when the refresh token dies, failed refreshes and whether a person must "
+        "re-authorize. Tokens are shown masked.",
     )
     status.add_argument("--json", action="store_true", help="print a JSON array")
     status.set_defaults(handler=cmd_status)
