@@ -3,6 +3,7 @@ names of a credential's keys, and URLs without their passwords."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -14,6 +15,8 @@ from redis.backoff import NoBackoff
 from .._errors import ConfigurationError
 
 __all__ = ["Client", "KeyNames", "connect", "describe", "glob_escape", "redact_url", "reopen"]
+
+_BROKEN_CONNECTION_ATTEMPTS = 3
 
 #: Either kind of client.
 Client = Redis | RedisCluster
@@ -66,15 +69,18 @@ class _Cluster(RedisCluster):
     After a connection error, redis-py disconnects a node's idle connections while they can
     still be handed to other tasks, whose command then fails with ``AttributeError`` (the
     connection's writer is gone) instead of being retried. Every command of RedisStore is safe
-    to repeat (see :func:`connect`), so such a command is sent again, once, on a connection
-    taken anew.
+    to repeat (see :func:`connect`), so such a command is sent again (up to three times in all),
+    on a connection taken anew once the disconnection in progress is over.
     """
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().execute_command(*args, **kwargs)
-        except AttributeError:
-            return await super().execute_command(*args, **kwargs)
+        for _ in range(_BROKEN_CONNECTION_ATTEMPTS - 1):
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except AttributeError:
+                # Let the disconnection in progress finish before taking a connection again.
+                await asyncio.sleep(0.01)
+        return await super().execute_command(*args, **kwargs)
 
 
 def connect(
