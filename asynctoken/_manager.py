@@ -21,6 +21,7 @@ renewed (lock, re-read, request, save, publish) is :mod:`asynctoken._refresh`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import sys
@@ -623,12 +624,16 @@ class TokenManager:
         )
         name = f"asynctoken-refresh:{key}"
         loop = asyncio.get_running_loop()
+        # The refresh is every caller's, not the first one's: it runs in a context of its own
+        # (the first caller's would be kept alive, span and all, by the session and timers the
+        # refresh creates, and would make the refresh look like a part of that one request).
+        context = contextvars.Context()
         if sys.version_info >= (3, 12):
             # Start the refresh right away, in this caller's step, instead of behind every
             # caller already queued: in a stampede the token request goes out first.
-            task = asyncio.Task(coro, loop=loop, name=name, eager_start=True)
+            task = asyncio.Task(coro, loop=loop, name=name, eager_start=True, context=context)
         else:
-            task = loop.create_task(coro, name=name)
+            task = context.run(loop.create_task, coro, name=name)
         flight.task = task
         if not task.done():  # an eager start may finish at once (a store hit)
             self._tasks.add(task)

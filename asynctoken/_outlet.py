@@ -8,6 +8,7 @@ from the endpoint, and settles the waiting callers early when a save keeps it bu
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from typing import TYPE_CHECKING
 
 from ._cache import Entry, Flight
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from ._manager import TokenManager
 
 __all__ = ["CacheOutlet"]
+
+#: The context every expiry timer runs in (timers run one after another on the loop).
+_TIMER_CONTEXT = contextvars.Context()
 
 
 class CacheOutlet:
@@ -92,4 +96,8 @@ class CacheOutlet:
         manager._cache[key] = entry
         if manager._drop_timers and manager._hot.get(key) is entry:
             delay = max(0.0, entry.expired_at - manager._clock.monotonic())
-            entry.timer = asyncio.get_running_loop().call_later(delay, manager._drop, key, entry)
+            # An empty context, not a copy of the caller's: a timer lives as long as the token,
+            # and a copied context would keep whatever it held (a tracing span's) alive as long.
+            entry.timer = asyncio.get_running_loop().call_later(
+                delay, manager._drop, key, entry, context=_TIMER_CONTEXT
+            )

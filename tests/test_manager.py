@@ -1095,3 +1095,35 @@ async def test_a_zero_cooldown_keeps_no_failure(server: FakeOAuthServer) -> None
             with pytest.raises(InvalidGrantError):
                 await tm.get_token("k")
     assert server.token_requests == 2
+
+
+async def test_cached_tokens_do_not_keep_the_callers_context_alive(
+    server: FakeOAuthServer,
+) -> None:
+    """The expiry timer of a cached token runs in an empty context: what the caller's context
+    held (a tracing span, a request object) is not kept alive for the token's lifetime."""
+    import contextvars
+    import gc
+    import weakref
+
+    class Held:
+        pass
+
+    var: contextvars.ContextVar[Held] = contextvars.ContextVar("held")
+
+    async def caller(tm: TokenManager) -> weakref.ref[Held]:
+        held = Held()
+        var.set(held)
+        await tm.get_token("k")
+        return weakref.ref(held)
+
+    async with TokenManager(retry=FAST_RETRY) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        task = asyncio.create_task(caller(tm))
+        ref = await task
+        del task  # the caller's own task holds its context, as it should
+        for _ in range(3):  # until the loop let go of the finished task
+            await asyncio.sleep(0)
+        gc.collect()
+        assert tm._hot["k"].timer is not None  # the token is cached, with its timer
+        assert ref() is None
