@@ -80,7 +80,8 @@ class TokenAuth(httpx.Auth):
 
     Errors: a request can raise the manager's :class:`~asynctoken.TokenError` subclasses
     (:class:`~asynctoken.InvalidGrantError`, :class:`~asynctoken.TransientError`, ...), which
-    are not ``httpx.HTTPError``: catch both in a gateway (see the README, "Web servers").
+    are not ``httpx.HTTPError``: catch both in a gateway (see the documentation, "Web servers
+    and workers", docs/how-to/web-servers.md).
 
     Args:
         manager: a :class:`~asynctoken.TokenManager`, or a synchronous manager for

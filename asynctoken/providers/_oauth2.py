@@ -83,8 +83,8 @@ class OAuth2Provider(BaseTokenProvider):
     * ``"tls_client_auth"`` / ``"self_signed_tls_client_auth"`` (RFC 8705): the token request
       presents the client certificate ``client_cert``. The server binds the access token to it
       (``cnf.x5t#S256``): requests that use the token must present the same certificate, so
-      give your API session :attr:`ssl_context` (see the README, "Client authentication and
-      DPoP").
+      give your API session :attr:`ssl_context` (see the documentation, "Client authentication
+      and DPoP", docs/how-to/client-auth.md).
 
     The JWT methods need the optional extra ``asynctoken[jwt]``.
 
