@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncGenerator, Generator, Iterable, Mapping
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 try:
     import httpx
@@ -26,6 +26,20 @@ if TYPE_CHECKING:
     from ._manager import TokenManager
 
 __all__ = ["TokenAuth"]
+
+
+class _Retry:
+    """A flow step: the token to send ``token``'s request again with (``token_for_retry``)."""
+
+    __slots__ = ("options", "token")
+
+    def __init__(self, token: Token, options: dict[str, Any]) -> None:
+        self.token = token
+        self.options = options
+
+
+#: A flow step: the key's token (``get_token``).
+_TOKEN: Final = object()
 
 
 class TokenAuth(httpx.Auth):
@@ -148,46 +162,20 @@ class TokenAuth(httpx.Auth):
                 "an asyncio TokenManager, or use it with httpx.Client",
                 key=self._rules.key,
             )
-        rules = self._rules
-        url = request.url
-        if not rules.covers(url.scheme, url.raw_host.decode("ascii"), url.port):
-            yield request
-            return
         manager = cast("TokenManager", self._manager)
-        token = await manager.get_token(rules.key)
-        _authorize(request, rules.headers(token, request.method, url))
-        response = yield request
-        verdict = self._verdict(response, token, nonce_retry=True)
-        if verdict is Verdict.NONCE:  # a DPoP resource server wants its nonce in the proof
-            again = await token_for_retry(
-                manager,
-                rules,
-                token,
-                replayable=_replayable(request),
-                method=request.method,
-                url=url,
-                body=type(request.stream).__name__,
-                verdict=verdict,
-            )
-            if again is None:
+        flow = self._flow(request)
+        step = next(flow)
+        while True:
+            if isinstance(step, httpx.Request):
+                reply: object = yield step
+            elif isinstance(step, _Retry):
+                reply = await token_for_retry(manager, self._rules, step.token, **step.options)
+            else:
+                reply = await manager.get_token(self._rules.key)
+            try:
+                step = flow.send(reply)
+            except StopIteration:
                 return
-            _authorize(request, rules.headers(again, request.method, url))
-            response = yield request
-            verdict = self._verdict(response, token, nonce_retry=False)
-        if verdict is not Verdict.NEW_TOKEN:
-            return
-        fresh = await token_for_retry(
-            manager,
-            rules,
-            token,
-            replayable=_replayable(request),
-            method=request.method,
-            url=url,
-            body=type(request.stream).__name__,
-        )
-        if fresh is not None:
-            _authorize(request, rules.headers(fresh, request.method, url))
-            yield request
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
         """The flow ``httpx.Client`` runs: authorize, send, retry once on a rejected token.
@@ -204,43 +192,51 @@ class TokenAuth(httpx.Auth):
                 "(asynctoken.sync) for synchronous code",
                 key=self._rules.key,
             )
+        manager = cast("SyncManager", self._manager)
+        flow = self._flow(request)
+        step = next(flow)
+        while True:
+            if isinstance(step, httpx.Request):
+                reply: object = yield step
+            elif isinstance(step, _Retry):
+                reply = token_for_retry_sync(manager, self._rules, step.token, **step.options)
+            else:
+                reply = manager.get_token(self._rules.key)
+            try:
+                step = flow.send(reply)
+            except StopIteration:
+                return
+
+    def _flow(self, request: httpx.Request) -> Generator[object, object]:
+        """The flow itself, without I/O: it yields a request to send (and receives the
+        response), :data:`_TOKEN` for the key's token, or a :class:`_Retry` for the token to
+        send again with (or ``None``); the async and sync drivers above do those."""
         rules = self._rules
         url = request.url
         if not rules.covers(url.scheme, url.raw_host.decode("ascii"), url.port):
             yield request
             return
-        manager = cast("SyncManager", self._manager)
-        token = manager.get_token(rules.key)
+        token = cast(Token, (yield _TOKEN))
         _authorize(request, rules.headers(token, request.method, url))
-        response = yield request
+        response = cast(httpx.Response, (yield request))
         verdict = self._verdict(response, token, nonce_retry=True)
+        options = {
+            "replayable": _replayable(request),
+            "method": request.method,
+            "url": url,
+            "body": type(request.stream).__name__,
+        }
         if verdict is Verdict.NONCE:  # a DPoP resource server wants its nonce in the proof
-            again = token_for_retry_sync(
-                manager,
-                rules,
-                token,
-                replayable=_replayable(request),
-                method=request.method,
-                url=url,
-                body=type(request.stream).__name__,
-                verdict=verdict,
-            )
+            again = cast("Token | None", (yield _Retry(token, {**options, "verdict": verdict})))
             if again is None:
                 return
             _authorize(request, rules.headers(again, request.method, url))
-            response = yield request
+            response = cast(httpx.Response, (yield request))
             verdict = self._verdict(response, token, nonce_retry=False)
         if verdict is not Verdict.NEW_TOKEN:
             return
-        fresh = token_for_retry_sync(
-            manager,
-            rules,
-            token,
-            replayable=_replayable(request),
-            method=request.method,
-            url=url,
-            body=type(request.stream).__name__,
-        )
+        options["replayable"] = _replayable(request)
+        fresh = cast("Token | None", (yield _Retry(token, options)))
         if fresh is not None:
             _authorize(request, rules.headers(fresh, request.method, url))
             yield request
