@@ -670,6 +670,8 @@ class TokenManager:
                     renew_if=renew_if,
                 )
             except Exception as exc:
+                if isinstance(exc, TokenError) and exc.key is None:
+                    exc.key = key
                 self._land(key, flight)
                 watch.failed(exc, name)
                 if not flight.fenced:

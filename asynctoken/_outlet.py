@@ -12,6 +12,7 @@ import contextvars
 from typing import TYPE_CHECKING
 
 from ._cache import Entry, Flight
+from ._errors import TokenError
 from ._token import Token
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ class CacheOutlet:
         if isinstance(result, Token):
             self._flight.succeed(result)
         else:
+            if isinstance(result, TokenError) and result.key is None:
+                result.key = self._key  # the callers see it now, before the refresh ends
             self._flight.fail(result)
 
     def _entry(self, token: Token, mono: float, wall: float) -> Entry:

@@ -38,7 +38,6 @@ from ._errors import (
     InvalidGrantError,
     MalformedResponseError,
     TokenEndpointError,
-    TokenError,
     TransientError,
 )
 from ._observe import Observer
@@ -155,34 +154,8 @@ class Refresher:
                 token is still due, so that among processes only the first renews it).
 
         Raises:
-            TokenError: any failure, with ``key`` set.
+            TokenError: any failure (the manager sets its ``key``).
         """
-        try:
-            return await self._run(
-                key,
-                provider,
-                outlet,
-                force=force,
-                background=background,
-                hurry=hurry,
-                renew_if=renew_if,
-            )
-        except TokenError as exc:
-            if exc.key is None:
-                exc.key = key
-            raise
-
-    async def _run(
-        self,
-        key: str,
-        provider: Provider,
-        outlet: Outlet,
-        *,
-        force: bool,
-        background: bool,
-        hurry: bool,
-        renew_if: Callable[[Token | None], bool] | None,
-    ) -> Token:
         store = self._store
         # 1. Pick up: a cold cache or another process may already have a good token.
         if not force and renew_if is None:

@@ -1127,3 +1127,21 @@ async def test_cached_tokens_do_not_keep_the_callers_context_alive(
         gc.collect()
         assert tm._hot["k"].timer is not None  # the token is cached, with its timer
         assert ref() is None
+
+
+async def test_an_error_handed_out_early_names_its_credential(server: FakeOAuthServer) -> None:
+    """The salvaged refresh token of an unusable answer could not be saved: callers get the
+    error at once while the refresh keeps the lock and retries the save. That error already
+    says which credential it is about."""
+    store = FlakyStore()
+    async with TokenManager(store=store, retry=FAST_RETRY, save_patience=0.5) as tm:
+        await tm.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        store.failing_writes = 1000
+        server.rewrite_next(
+            lambda a: a.with_json({k: v for k, v in a.json().items() if k != "access_token"})
+        )
+        with pytest.raises(MalformedResponseError) as caught:
+            await tm.get_token("k")
+        assert caught.value.key == "k"
+        assert refresh_tasks("k")  # still holding the lock, retrying the save
+        store.failing_writes = 0
