@@ -217,7 +217,8 @@ class Rejections:
 
     Args:
         size: how many credentials' rejections are kept.
-        interval: seconds after a rejection during which another one is refused (0: never).
+        interval: seconds after a refresh caused by a rejection during which further
+            rejections are refused (0: never).
         monotonic: the clock.
     """
 
@@ -241,9 +242,9 @@ class Rejections:
     def reject(self, key: str, access_token: str) -> bool:
         """Note that an API rejected ``access_token``; ``False`` if that is refused."""
         if self._interval and key in self._recent:
-            # The token that replaced the last rejected one is rejected too: the API refuses
-            # this credential for another reason (permissions?). Refreshing again would not
-            # help, and doing it on every request would rotate the credential in a loop.
+            # The token that a rejection had refreshed is rejected too: the API refuses this
+            # credential for another reason (permissions?). Refreshing again would not help,
+            # and doing it on every request would rotate the credential in a loop.
             logger.warning(
                 "credential %r: access token rejected again within %g s of the last refresh "
                 "caused by a rejection; not refreshing again yet",
@@ -252,13 +253,17 @@ class Rejections:
             )
             return False
         self._tokens[key] = access_token
-        if self._interval:
-            self._recent[key] = True
         return True
 
     def replaced(self, key: str) -> None:
-        """A new token of ``key`` is out: the rejected one is history."""
-        self._tokens.pop(key, None)
+        """A new token of ``key`` came from the token endpoint: the rejected one is history.
+
+        If a rejection caused that refresh, rejections are refused for ``interval`` seconds
+        from now. Only then: a rejected token replaced by one another process had already
+        stored (no token request) leaves the next rejection free to cause a refresh.
+        """
+        if self._tokens.pop(key, None) is not None and self._interval:
+            self._recent[key] = True
 
     def forget(self, key: str) -> None:
         """Forget ``key`` (removed or replaced)."""

@@ -92,9 +92,9 @@ class TokenManager:
             same error, without a request.
         background_retry_interval: after a failed background refresh of a still-valid token,
             seconds before the next background attempt.
-        invalidate_interval: after :meth:`invalidate` dropped a token of a key, seconds during
-            which further invalidations of that key are refused (at most one refresh per
-            interval is caused by rejected tokens).
+        invalidate_interval: after a rejected token (:meth:`invalidate`) caused a refresh of a
+            key, seconds during which further invalidations of that key are refused (at most
+            one refresh per interval is caused by rejected tokens).
         close_timeout: on :meth:`aclose`, seconds to let in-flight refreshes finish (so rotated
             refresh tokens get saved) before they are cancelled.
         save_patience: when the store refuses a rotated refresh token, seconds during which the
@@ -334,9 +334,11 @@ class TokenManager:
         Call this when an API rejected the token (HTTP 401). A newer token that another request
         already obtained is left alone, so N requests failing with the same token cause one
         refresh, not N. The next :meth:`get_token` refreshes (or picks up a newer token another
-        process stored). Within ``invalidate_interval`` seconds of an invalidation, further
-        invalidations of ``key`` are refused, so an API that rejects every token cannot make
-        the manager refresh in a loop.
+        process stored). Within ``invalidate_interval`` seconds of a refresh that an
+        invalidation caused, further invalidations of ``key`` are refused, so an API that
+        rejects every token cannot make the manager refresh in a loop. (A rejected token whose
+        replacement another process had already stored caused no refresh: the replacement may
+        still be rejected and refreshed.)
 
         Returns:
             Whether the token was dropped.

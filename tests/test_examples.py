@@ -272,16 +272,24 @@ async def test_gateways_share_a_file_store(tmp_path: Path) -> None:
         await assert_one_token_request_per_expiry(server)
         assert (await server.stats())["api_unauthorized"] == 0  # no token expired in flight
 
-        # The credential dies (refresh token revoked): a gateway's answer is 502.
+        # The credential dies (refresh token revoked): a gateway's answer is 502. A worker
+        # whose rejected token was replaced by one another worker had just stored (dead too)
+        # returns that one 401 (a request is retried once); its next request then refreshes.
         await server.control("POST", "/_fake/expire-access-tokens")
         await server.control("POST", "/_fake/expire-refresh-tokens")
         for gateway in targets:
-            async with http.get(gateway.url) as resp:
-                assert resp.status == 502, (gateway.name, await resp.text())
-                assert await resp.json() == {
-                    "error": "upstream_credential",
-                    "detail": "InvalidGrantError",
-                }
+            answers = []
+            for _ in range(WORKERS + 1):  # at most one such 401 per worker
+                async with http.get(gateway.url) as resp:
+                    answers.append(resp.status)
+                    if resp.status == 502:
+                        assert await resp.json() == {
+                            "error": "upstream_credential",
+                            "detail": "InvalidGrantError",
+                        }
+                        break
+            assert answers[-1] == 502, (gateway.name, answers)
+            assert set(answers[:-1]) <= {401}, (gateway.name, answers)
     stored = json.loads(Path(store).read_text())
     assert list(stored["credentials"]) == ["upstream"], stored.keys()
 

@@ -16,6 +16,7 @@ from asynctoken import (
     FileStore,
     InvalidGrantError,
     MalformedResponseError,
+    MemoryStore,
     RetryPolicy,
     TokenManager,
 )
@@ -178,3 +179,31 @@ def test_manager_refuses_nan_infinite_and_negative_durations(name: str, value: f
 def test_retry_policy_refuses_nan(name: str) -> None:
     with pytest.raises(ConfigurationError, match=name):
         RetryPolicy(**{name: math.nan})
+
+
+async def test_a_picked_up_replacement_can_still_be_rejected_and_refreshed(
+    server: FakeOAuthServer,
+) -> None:
+    """A rejected token is replaced by one another process had stored (no token request).
+    When that one is rejected too, the guard against refresh loops must not refuse it: it
+    caused no refresh yet. A rejection of the token that refresh brings is refused."""
+    store = MemoryStore()
+    clock = FakeClock()
+    async with (
+        TokenManager(store=store, clock=clock, retry=FAST_RETRY, invalidate_interval=5) as a,
+        TokenManager(store=store, clock=clock, retry=FAST_RETRY) as b,
+    ):
+        await a.add("k", keliweb(server), refresh_token=server.issue_refresh_token())
+        await b.add("k", keliweb(server))
+        first = await a.get_token("k")
+        second = await b.refresh("k")  # another process's newer token, in the store
+        picked = await a.token_rejected("k", first)
+        assert picked is not None
+        assert picked.access_token == second.access_token
+        assert server.token_requests == 2  # picked up: no request
+        third = await a.token_rejected("k", picked)
+        assert third is not None
+        assert third.access_token != second.access_token
+        assert server.token_requests == 3
+        assert await a.token_rejected("k", third) is None  # that refresh was a rejection's
+    assert server.token_requests == 3
